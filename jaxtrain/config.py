@@ -1,0 +1,202 @@
+"""Configs: the defaults every config starts from, loading with overrides, validation, durations.
+
+Every key a config may use exists in `defaults()`, so an override of a misspelled key is caught (with the
+closest name suggested) instead of being silently ignored, and ml_collections' type safety rejects a value of
+the wrong type. `validate` then checks ranges and combinations; names of optimizers, models, ... are checked
+by the registry that owns them (`lookup`), so the list of allowed names is written once.
+"""
+
+import difflib
+import importlib.util
+import pathlib
+from collections.abc import Collection, Mapping
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config, data set or workdir a run cannot start with; the CLI prints it as one `error:` line."""
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """The complete set of keys; configs in `configs/` override a few of them."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'digits'
+  c.data.data_dir = ''  # '' = TFDS's default folder under the user's home (or $TFDS_DATA_DIR).
+  c.data.batch_size = 64  # Global batch size, split across devices.
+  c.data.eval_batch_size = 256
+  c.data.validation_fraction = 0.0  # Carved from the end of the train split; eval/ uses it when > 0.
+  c.data.stats_max_examples = 50_000  # Normalization statistics use at most this many training examples.
+  c.data.prefetch = 2  # Batches placed on the device ahead of the step that needs them.
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'cnn'
+  c.model.features = (32, 64)  # Hidden widths (mlp) or channels per stage (cnn).
+  c.model.head_features = (128,)  # Dense layers between the pooled features and the classifier (cnn).
+  c.model.kernel_size = 3
+  c.model.activation = 'relu'
+  c.model.kernel_init = 'auto'
+  c.model.bias_init = 'zeros'
+  c.model.norm = 'none'
+  c.model.dropout = 0.0
+  c.model.spatial_dropout = False  # Conv layers drop whole channels (Dropout2d) instead of single units.
+  c.model.pooling = 'max'  # Downsampling after each conv stage.
+  c.model.head_pooling = 'flatten'  # How the last feature map becomes a vector: flatten|avg|max|attention.
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = 'adam'
+  c.optim.lr = 3e-4
+  c.optim.momentum = 0.9  # momentum, nesterov.
+  c.optim.beta1 = 0.9  # adam, adamw.
+  c.optim.beta2 = 0.999
+  c.optim.decay = 0.9  # Moving-average decay of rmsprop and adadelta.
+  c.optim.eps = 1e-8
+  c.optim.schedule = 'constant'
+  c.optim.warmup_steps = 0
+  c.optim.decay_boundaries = (0.5, 0.75)  # step: fractions of training where the LR is multiplied ...
+  c.optim.decay_factor = 0.1  # ... by this factor; exponential: the LR at the end is lr * decay_factor.
+  c.optim.cycles = 4  # sgdr: number of cosine cycles (restarts).
+  c.optim.plateau_patience = 3  # plateau: evaluations without improvement before the LR drops ...
+  c.optim.plateau_factor = 0.5  # ... by this factor.
+  c.optim.weight_decay = 0.0  # Decoupled (AdamW-style), kernels only.
+  c.optim.l1 = 0.0  # Penalties added to the loss, kernels only.
+  c.optim.l2 = 0.0
+  c.optim.clip_norm = 0.0  # 0 = off.
+  c.optim.clip_value = 0.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_epochs = 0
+  c.train.num_steps = 0  # > 0 takes precedence over num_epochs.
+  c.train.eval_every_steps = 0  # 0 = at the end of every epoch.
+  c.train.log_every_steps = 50
+  c.train.progress_bar = True  # Shown only when stdout is a terminal or a notebook.
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 0  # 0 = at the end of every epoch.
+  c.checkpoint.keep = 3
+  c.checkpoint.monitor = 'eval/loss'  # The metric that picks `best_step` in summary.json.
+  c.checkpoint.mode = 'min'
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.strategy = 'auto'
+  return c
+
+
+def lookup(registry: Mapping | Collection[str], key: str, name: str):
+  """`registry[name]` (or `name` for a plain collection of choices), else a ConfigError naming the key
+  and listing the allowed names."""
+  if name not in registry:
+    raise ConfigError(f'{key}={name!r} is not known; choose one of: {", ".join(sorted(registry))}')
+  return registry[name] if isinstance(registry, Mapping) else name
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
+  """All dotted leaf keys, e.g. ['seed', 'data.name', ...]."""
+  keys = []
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      keys += flat_keys(value, f'{prefix}{key}.')
+    else:
+      keys.append(prefix + key)
+  return keys
+
+
+def check_key(config: ml_collections.ConfigDict, key: str) -> None:
+  """Raises a ConfigError with the closest known key when `key` is not in `config`."""
+  keys = flat_keys(config)
+  sections = {k.rsplit('.', 1)[0] for k in keys if '.' in k}
+  if key in keys or key in sections:
+    return
+  close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+  hint = f"; did you mean '{close[0]}'?" if close else '; see jaxtrain/config.py for the keys'
+  raise ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def override(config: ml_collections.ConfigDict, overrides: Mapping[str, object]) -> None:
+  """Sets dotted keys in place with the same checks as the command line."""
+  for key, value in overrides.items():
+    check_key(config, key)
+    parent, _, leaf = key.rpartition('.')
+    node = config
+    for part in parent.split('.') if parent else []:
+      node = node[part]
+    old = node[leaf]
+    if isinstance(old, tuple) and isinstance(value, list):
+      value = tuple(value)
+    try:
+      node[leaf] = value
+    except TypeError:
+      raise ConfigError(
+          f'{key}={value!r} has the wrong type: expected {type(old).__name__}') from None
+
+
+def load_config(path: str | pathlib.Path, overrides: Mapping[str, object] | None = None):
+  """Loads `get_config()` from a config file and applies `{'optim.lr': 1e-3, ...}` overrides."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise ConfigError(f'config file {str(path)!r} does not exist; try configs/digits_cnn.py')
+  spec = importlib.util.spec_from_file_location(f'jaxtrain_config_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise ConfigError(f'config file {str(path)!r} defines no get_config()')
+  config = module.get_config()
+  override(config, overrides or {})
+  return config
+
+
+def _require(ok: bool, key: str, value, allowed: str) -> None:
+  if not ok:
+    raise ConfigError(f'{key}={value!r} is out of range; {allowed}')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks ranges and combinations; raises a ConfigError on the first mistake."""
+  for key in ('data.batch_size', 'data.eval_batch_size', 'train.log_every_steps',
+              'checkpoint.keep', 'optim.cycles', 'model.kernel_size', 'data.stats_max_examples'):
+    value = config[key.split('.')[0]][key.split('.')[1]]
+    _require(value >= 1, key, value, 'it must be >= 1')
+  for key in ('train.num_epochs', 'train.num_steps', 'train.eval_every_steps',
+              'checkpoint.every_steps', 'optim.warmup_steps', 'optim.weight_decay', 'optim.l1',
+              'optim.l2', 'optim.clip_norm', 'optim.clip_value', 'data.prefetch',
+              'optim.plateau_patience'):
+    value = config[key.split('.')[0]][key.split('.')[1]]
+    _require(value >= 0, key, value, 'it must be >= 0')
+  _require(config.optim.lr > 0, 'optim.lr', config.optim.lr, 'the learning rate must be > 0')
+  _require(0 <= config.model.dropout < 1, 'model.dropout', config.model.dropout,
+           'a dropout rate must be in [0, 1)')
+  _require(0 <= config.data.validation_fraction < 1, 'data.validation_fraction',
+           config.data.validation_fraction, 'it must be in [0, 1)')
+  for key in ('optim.momentum', 'optim.beta1', 'optim.beta2', 'optim.decay'):
+    value = config.optim[key.split('.')[1]]
+    _require(0 <= value < 1, key, value, 'it must be in [0, 1)')
+  for key in ('optim.decay_factor', 'optim.plateau_factor'):
+    value = config.optim[key.split('.')[1]]
+    _require(0 < value <= 1, key, value, 'it must be in (0, 1]')
+  boundaries = config.optim.decay_boundaries
+  _require(all(0 < b < 1 for b in boundaries) and list(boundaries) == sorted(boundaries),
+           'optim.decay_boundaries', boundaries,
+           'give increasing fractions of training in (0, 1), e.g. (0.5, 0.75)')
+  _require(config.checkpoint.mode in ('min', 'max'), 'checkpoint.mode', config.checkpoint.mode,
+           "choose 'min' or 'max'")
+  if not config.model.features:
+    raise ConfigError('model.features is empty; give at least one width, e.g. (32, 64)')
+  if config.train.num_steps <= 0 and config.train.num_epochs <= 0:
+    raise ConfigError('neither train.num_epochs nor train.num_steps is set; '
+                      'set one, e.g. --config.train.num_steps=500')
+
+
+def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """The one conversion from the user's duration (epochs or steps) to optimizer steps."""
+  if config.train.num_steps > 0:
+    return config.train.num_steps
+  return config.train.num_epochs * steps_per_epoch
+
+
+def every(period: int, step: int, total: int) -> bool:
+  """Whether something done every `period` steps (and always at the last step) is due after `step`."""
+  return step == total or (period > 0 and step % period == 0)
+

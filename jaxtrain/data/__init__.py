@@ -1,0 +1,15 @@
+"""Input: data sets by name (TFDS, incl. the embedded digits) and Grain pipelines."""
+
+from jaxtrain.data.pipeline import (
+    STATS_FILE,
+    compute_stats,
+    eval_batches,
+    iterate,
+    load_or_compute_stats,
+    prefetch,
+    train_batches,
+)
+from jaxtrain.data.sources import DATASETS, Splits, load
+
+__all__ = ['DATASETS', 'STATS_FILE', 'Splits', 'compute_stats', 'eval_batches', 'iterate', 'load',
+           'load_or_compute_stats', 'prefetch', 'train_batches']

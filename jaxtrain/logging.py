@@ -1,0 +1,82 @@
+"""Where metrics go: metrics.jsonl (appended, never rewritten), TensorBoard, a progress bar, PNG plots."""
+
+import json
+import math
+import pathlib
+import sys
+
+import matplotlib
+
+matplotlib.use('Agg')  # Files, not windows; notebooks get the figure returned by `plot_history`.
+import matplotlib.pyplot as plt  # noqa: E402
+import tqdm.auto  # noqa: E402
+from tensorboardX import SummaryWriter  # noqa: E402
+
+METRICS_FILE = 'metrics.jsonl'
+
+
+def _in_notebook() -> bool:
+  return 'ipykernel' in sys.modules
+
+
+class MetricWriter:
+  """Writes each logged dict `{'step', 'epoch', 'train/loss', ...}` to every sink at once."""
+
+  def __init__(self, workdir: pathlib.Path, total_steps: int, initial_step: int, progress_bar: bool):
+    self._jsonl = (workdir / METRICS_FILE).open('a')
+    self._tb = SummaryWriter(str(workdir / 'tb'))
+    show = progress_bar and (sys.stdout.isatty() or _in_notebook())
+    self._bar = tqdm.auto.tqdm(total=total_steps, initial=initial_step, unit='step',
+                               dynamic_ncols=True, disable=not show)
+
+  def write(self, record: dict) -> None:
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    for key, value in record.items():
+      if key not in ('step', 'epoch') and isinstance(value, (int, float)):
+        self._tb.add_scalar(key, value, record['step'])
+    shown = {k.split('/')[-1] if k.startswith('train/') else k: f'{v:.4g}'
+             for k, v in record.items() if k in ('train/loss', 'train/steps_per_sec', 'eval/accuracy')}
+    if shown:
+      self._bar.set_postfix(shown, refresh=False)
+
+  def advance(self, steps: int) -> None:
+    self._bar.update(steps)
+
+  def close(self) -> None:
+    self._bar.close()
+    self._jsonl.close()
+    self._tb.close()
+
+
+def read_metrics(workdir: pathlib.Path) -> list[dict]:
+  path = workdir / METRICS_FILE
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _series(history: list[dict], key: str):
+  points = [(r['step'], r[key]) for r in history if key in r and math.isfinite(r[key])]
+  return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_history(history: list[dict], path: pathlib.Path | None = None):
+  """Loss and accuracy curves, train vs eval; saved to `path` when given. Returns the figure."""
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+  for ax, metric in zip(axes, ('loss', 'accuracy'), strict=True):
+    for split in ('train', 'eval'):
+      steps, values = _series(history, f'{split}/{metric}')
+      if steps:
+        ax.plot(steps, values, label=split, marker='o' if split == 'eval' else None, markersize=3)
+    ax.set_xlabel('step')
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  axes[0].set_yscale('log')
+  fig.tight_layout()
+  if path is not None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return fig

@@ -1,0 +1,202 @@
+"""fit() and evaluate(): the stateful loop around the pure, jitted steps.
+
+Everything that can reject a run (config, data set, model and optimizer names, device counts) is checked in
+`_prepare` before the workdir is touched, so a bad command never damages an existing run.
+"""
+
+import dataclasses
+import functools
+import json
+import logging
+import pathlib
+import tempfile
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxtrain import checkpoint, data, models, optim, parallel, steps
+from jaxtrain import config as config_lib
+from jaxtrain import state as state_lib
+from jaxtrain.logging import MetricWriter, plot_history, read_metrics
+
+SUMMARY_FILE = 'summary.json'
+CONFIG_FILE = 'config.json'
+
+
+@dataclasses.dataclass
+class Run:
+  """What `fit` returns: the metrics history, the final state and summary.json's content."""
+
+  workdir: pathlib.Path
+  history: list[dict]
+  state: state_lib.TrainState
+  summary: dict
+
+  def plot(self, path: str | pathlib.Path | None = None):
+    """Loss and accuracy curves (train vs eval), saved to workdir/plots/curves.png; shows in notebooks."""
+    return plot_history(self.history, pathlib.Path(path or self.workdir / 'plots' / 'curves.png'))
+
+  def __repr__(self) -> str:
+    final = ', '.join(f'{k}={v:.4g}' for k, v in self.summary.get('final', {}).items())
+    return f'Run({str(self.workdir)!r}, steps={self.summary.get("steps")}, {final})'
+
+
+@dataclasses.dataclass(frozen=True)
+class _Experiment:
+  """The pieces of a run, built and validated from its config."""
+
+  config: ml_collections.ConfigDict
+  splits: data.Splits
+  model: object
+  optimizer: optim.Optimizer
+  strategy: parallel.Strategy
+  steps_per_epoch: int
+  total_steps: int
+
+  def new_state(self):
+    create = functools.partial(state_lib.create, self.model, self.optimizer.tx,
+                               self.splits.image_shape, self.config.seed)
+    return self.strategy.create_state(create)
+
+
+def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> _Experiment:
+  config_lib.validate(config)
+  if workdir.exists() and not workdir.is_dir():
+    raise config_lib.ConfigError(f'workdir {str(workdir)!r} is a file; pass a directory with --workdir')
+  splits = data.load(config)
+  steps_per_epoch = len(splits.train) // config.data.batch_size
+  if steps_per_epoch == 0:
+    raise config_lib.ConfigError(
+        f'data.batch_size={config.data.batch_size} is larger than the {len(splits.train)} training '
+        'examples; use a smaller batch')
+  total = config_lib.total_steps(config, steps_per_epoch)
+  return _Experiment(
+      config=config, splits=splits, model=models.build(config.model, splits.num_classes),
+      optimizer=optim.build(config.optim, total),
+      strategy=parallel.make(config.parallel, {'data.batch_size': config.data.batch_size,
+                                               'data.eval_batch_size': config.data.eval_batch_size}),
+      steps_per_epoch=steps_per_epoch, total_steps=total)
+
+
+def _evaluate(eval_step, state, batches, strategy: parallel.Strategy, prefix: str) -> dict:
+  """Mean loss and accuracy over every example of a split (padding masked out)."""
+  totals = None
+  for batch in batches:
+    sums = eval_step(state, strategy.place_batch(batch))
+    totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = float(totals['count'])
+  return {f'{prefix}/loss': float(totals['loss']) / count,
+          f'{prefix}/accuracy': float(totals['accuracy']) / count}
+
+
+def _improved(value: float, best: float | None, mode: str) -> bool:
+  return best is None or (value < best if mode == 'min' else value > best)
+
+
+def _mean_metrics(pending: list[dict]) -> dict:
+  """Averages the device metrics of the steps since the last log: the loop's only host sync."""
+  host = jax.device_get(pending)
+  return {f'train/{k}': float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = None) -> Run:
+  """Trains (or resumes) the configured run in `workdir` (a temporary directory when None)."""
+  config = ml_collections.ConfigDict(config)  # The caller's config is never changed.
+  workdir = pathlib.Path(workdir) if workdir else pathlib.Path(tempfile.mkdtemp(prefix='jaxtrain-'))
+  exp = _prepare(config, workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + '\n')
+  stats = data.load_or_compute_stats(exp.splits.train, workdir, config.data.stats_max_examples)
+
+  state = exp.new_state()
+  logging.info('Model %s with %d parameters', config.model.name, state_lib.num_params(state.params))
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint.keep)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(state)
+    logging.info('Resuming from step %d in %s', int(state.step), workdir)
+  start = int(jax.device_get(state.step))
+
+  train_step = exp.strategy.jit_train_step(
+      steps.make_train_step(exp.model, exp.optimizer, config.optim))
+  eval_step = exp.strategy.jit_eval_step(steps.make_eval_step(exp.model))
+  eval_data = data.eval_batches(exp.splits.eval, stats, config.data.eval_batch_size)
+  train_data = data.train_batches(exp.splits.train, stats, config.data.batch_size, config.seed)
+  batches = data.prefetch(data.iterate(train_data, start), exp.strategy.place_batch,
+                          config.data.prefetch)
+
+  eval_every = config.train.eval_every_steps or exp.steps_per_epoch
+  save_every = config.checkpoint.every_steps or exp.steps_per_epoch
+  monitor, mode = config.checkpoint.monitor, config.checkpoint.mode
+  best_step, best = None, {}
+  writer = MetricWriter(workdir, exp.total_steps, start, config.train.progress_bar)
+  started = time.time()
+  pending, last_log = [], (start, time.time())
+  try:
+    for step in range(start + 1, exp.total_steps + 1):
+      state, metrics = train_step(state, next(batches))
+      pending.append(metrics)
+      writer.advance(1)
+      if step == start + 1:
+        jax.block_until_ready(metrics)
+        logging.info('First step (compilation included) took %.1fs', time.time() - started)
+        last_log = (step, time.time())
+      epoch = step / exp.steps_per_epoch
+      if config_lib.every(config.train.log_every_steps, step, exp.total_steps):
+        record = {'step': step, 'epoch': epoch, **_mean_metrics(pending)}
+        if step > last_log[0]:
+          record['train/steps_per_sec'] = (step - last_log[0]) / (time.time() - last_log[1])
+        writer.write(record)
+        pending, last_log = [], (step, time.time())
+      if config_lib.every(eval_every, step, exp.total_steps):
+        evaluation = _evaluate(eval_step, state, data.iterate(eval_data), exp.strategy, 'eval')
+        writer.write({'step': step, 'epoch': epoch, **evaluation})
+        state = state.replace(
+            opt_state=exp.optimizer.observe(state.opt_state, evaluation['eval/loss']))
+        if monitor in evaluation and _improved(evaluation[monitor], best.get(monitor), mode):
+          best_step, best = step, evaluation
+      if config_lib.every(save_every, step, exp.total_steps):
+        ckpt.save(state)
+
+    final = _final_metrics(exp, eval_step, state, stats)
+    writer.write({'step': exp.total_steps, 'epoch': exp.total_steps / exp.steps_per_epoch,
+                  **{k: v for k, v in final.items() if k.startswith('test/')}})
+  finally:
+    writer.close()
+    ckpt.close()
+
+  summary = {'steps': int(jax.device_get(state.step)), 'wall_s': time.time() - started,
+             'best_step': best_step, 'best': best, 'final': final}
+  (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + '\n')
+  return Run(workdir=workdir, history=read_metrics(workdir), state=state, summary=summary)
+
+
+def _final_metrics(exp: _Experiment, eval_step, state, stats: dict) -> dict:
+  """Eval-split and test-split metrics of `state` (the test split is evaluated only here)."""
+  batch_size = exp.config.data.eval_batch_size
+  final = _evaluate(eval_step, state, data.iterate(data.eval_batches(exp.splits.eval, stats, batch_size)),
+                    exp.strategy, 'eval')
+  if exp.splits.eval_name == 'test':
+    return {**final, **{k.replace('eval/', 'test/'): v for k, v in final.items()}}
+  test = data.eval_batches(exp.splits.test, stats, batch_size)
+  return {**final, **_evaluate(eval_step, state, data.iterate(test), exp.strategy, 'test')}
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
+  """Eval- and test-split metrics of the newest checkpoint in `workdir`; writes nothing."""
+  config = ml_collections.ConfigDict(config)
+  workdir = pathlib.Path(workdir)
+  exp = _prepare(config, workdir)
+  stats_path = workdir / data.STATS_FILE
+  if not (workdir / checkpoint.CHECKPOINT_DIR).is_dir() or not stats_path.exists():
+    raise config_lib.ConfigError(f'no trained run in {str(workdir)!r}; train it first with --mode train')
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint.keep, read_only=True)
+  if ckpt.latest_step() is None:
+    raise config_lib.ConfigError(f'no checkpoint in {str(ckpt.directory)!r}; train first')
+  state = ckpt.restore(jax.eval_shape(exp.new_state))
+  ckpt.close()
+  eval_step = exp.strategy.jit_eval_step(steps.make_eval_step(exp.model))
+  metrics = _final_metrics(exp, eval_step, state, json.loads(stats_path.read_text()))
+  return {'step': int(jax.device_get(state.step)), **metrics}

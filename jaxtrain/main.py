@@ -1,0 +1,78 @@
+"""Command line: python -m jaxtrain.main --config configs/digits_cnn.py [--workdir DIR] [--mode MODE].
+
+Kept short on purpose: the work is in library functions that tests and notebooks call directly. Any setting
+is overridable as --config.optim.lr=3e-4. A bad config, data set or workdir exits 2 with one `error:` line.
+"""
+
+import json
+import pathlib
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxtrain import config as config_lib
+from jaxtrain import loop
+
+MODES = ('train', 'eval')
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file with a get_config().')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config file stem>).')
+_MODE = flags.DEFINE_string('mode', 'train', f'One of: {", ".join(MODES)}.')
+
+
+def _fail(message: str):
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _config_path(argv: list[str]) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with every mistake turned into one `error:` line and exit 2."""
+  path = _config_path(argv)
+  if path is None:
+    _fail('--config is required, e.g. --config configs/digits_cnn.py')
+  try:
+    config = config_lib.load_config(path)
+    for arg in argv:
+      if arg.startswith('--config.'):
+        config_lib.check_key(config, arg[len('--config.'):].split('=', 1)[0])
+    return flags.FLAGS(argv)
+  except config_lib.ConfigError as e:
+    _fail(str(e))
+  except flags.Error as e:
+    _fail(str(e).replace('flag --config.', 'config key '))
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    _fail(f'unexpected arguments {argv[1:]}; settings are passed as --config.KEY=VALUE')
+  if _MODE.value not in MODES:
+    _fail(f'--mode={_MODE.value!r} is not known; choose one of: {", ".join(MODES)}')
+  workdir = _WORKDIR.value or str(pathlib.Path('runs') / pathlib.Path(_config_path(sys.argv)).stem)
+  try:
+    if _MODE.value == 'train':
+      run = loop.fit(_CONFIG.value, workdir)
+      print(json.dumps(run.summary['final']))
+      print(f'Run saved in {workdir}; the same command resumes it.')
+    else:
+      print(json.dumps(loop.evaluate(_CONFIG.value, workdir)))
+  except config_lib.ConfigError as e:
+    _fail(str(e))
+
+
+def run() -> None:
+  """The `jaxtrain` console script."""
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,145 @@
+"""Building blocks chosen by name: activations, initializers, normalization, dropout, pooling.
+
+Names are parsed once, when the model is built, so a typo fails before training with the list of choices.
+"""
+
+import functools
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxtrain.config import ConfigError, lookup
+
+ACTIVATIONS = {
+    'sigmoid': nn.sigmoid,
+    'tanh': nn.tanh,
+    'relu': nn.relu,
+    'leaky_relu': nn.leaky_relu,
+    'elu': nn.elu,
+    'selu': nn.selu,
+    'gelu': nn.gelu,
+    'prelu': None,  # Has a learned slope: built as the nn.PReLU module by `Activation`.
+}
+
+# 'auto' follows note 004: He for the ReLU family, LeCun for SELU, Glorot for tanh/sigmoid.
+AUTO_INIT = {
+    'relu': 'he_normal', 'leaky_relu': 'he_normal', 'elu': 'he_normal', 'prelu': 'he_normal',
+    'gelu': 'he_normal', 'selu': 'lecun_normal', 'tanh': 'glorot_uniform',
+    'sigmoid': 'glorot_uniform',
+}
+
+
+def _uniform(scale: float):
+  """U(-scale, scale); jax's own `uniform(scale)` samples [0, scale), which no one means by the name."""
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -scale, scale)
+  return init
+
+
+def _truncated_normal(std: float):
+  """Normal truncated at two standard deviations, rescaled so the samples' std is `std`."""
+  return nn.initializers.truncated_normal(std / 0.87962566103423978)
+
+
+# name -> (factory, default argument or None when the initializer takes no argument).
+INITIALIZERS = {
+    'zeros': (lambda: nn.initializers.zeros, None),
+    'ones': (lambda: nn.initializers.ones, None),
+    'constant': (nn.initializers.constant, 0.0),
+    'normal': (nn.initializers.normal, 0.01),
+    'truncated_normal': (_truncated_normal, 0.01),
+    'uniform': (_uniform, 0.05),
+    'orthogonal': (nn.initializers.orthogonal, 1.0),
+    'glorot_normal': (nn.initializers.glorot_normal, None),
+    'glorot_uniform': (nn.initializers.glorot_uniform, None),
+    'xavier_normal': (nn.initializers.xavier_normal, None),
+    'xavier_uniform': (nn.initializers.xavier_uniform, None),
+    'he_normal': (nn.initializers.he_normal, None),
+    'he_uniform': (nn.initializers.he_uniform, None),
+    'kaiming_normal': (nn.initializers.kaiming_normal, None),
+    'kaiming_uniform': (nn.initializers.kaiming_uniform, None),
+    'lecun_normal': (nn.initializers.lecun_normal, None),
+    'lecun_uniform': (nn.initializers.lecun_uniform, None),
+}
+
+_SPEC = re.compile(r'^\s*([a-z_]+)\s*(?:\(\s*([^()]*?)\s*\))?\s*$')
+
+
+def initializer(spec: str, key: str, activation: str = 'relu'):
+  """'he_normal', 'normal(0.02)', 'orthogonal(1.4)' or 'auto' -> a jax initializer."""
+  if spec == 'auto':
+    spec = AUTO_INIT[activation]
+  match = _SPEC.match(spec)
+  if not match:
+    raise ConfigError(f"{key}={spec!r} is not an initializer; write a name like 'he_normal' or "
+                      f"'normal(0.02)'; choose one of: auto, {', '.join(sorted(INITIALIZERS))}")
+  name, argument = match.groups()
+  factory, default = lookup(INITIALIZERS, key, name)
+  if default is None:
+    if argument:
+      raise ConfigError(f'{key}={spec!r}: {name} takes no argument')
+    return factory()
+  try:
+    value = float(argument) if argument else default
+  except ValueError:
+    raise ConfigError(f'{key}={spec!r}: the argument of {name} must be a number') from None
+  return factory(value)
+
+
+def check_activation(name: str) -> None:
+  lookup(ACTIVATIONS, 'model.activation', name)
+
+
+class Activation(nn.Module):
+  """A named activation; 'prelu' learns its negative slope per layer."""
+
+  kind: str
+
+  @nn.compact
+  def __call__(self, x):
+    if self.kind == 'prelu':
+      return nn.PReLU()(x)
+    return ACTIVATIONS[self.kind](x)
+
+
+NORMS = {
+    'none': None,
+    'batch': functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5),
+    'layer': nn.LayerNorm,
+}
+
+
+def normalization(name: str, train: bool):
+  """A norm layer (BatchNorm uses batch statistics in training and running averages at eval), or None."""
+  norm = lookup(NORMS, 'model.norm', name)
+  if norm is None:
+    return None
+  return norm(use_running_average=not train) if name == 'batch' else norm()
+
+
+POOLINGS = {'max': nn.max_pool, 'avg': nn.avg_pool}
+HEAD_POOLINGS = ('flatten', 'avg', 'max', 'attention')
+
+
+class AttentionPool(nn.Module):
+  """A learned weighted average of the spatial positions: one score per position, softmax, sum."""
+
+  @nn.compact
+  def __call__(self, x):
+    tokens = x.reshape(x.shape[0], -1, x.shape[-1])
+    scores = nn.Dense(1, name='score')(tokens)
+    weights = jax.nn.softmax(scores, axis=1)
+    return jnp.sum(weights * tokens, axis=1)
+
+
+def pool_head(name: str, x):
+  """(batch, H, W, C) -> (batch, features) as configured by model.head_pooling."""
+  if name == 'flatten':
+    return x.reshape(x.shape[0], -1)
+  if name == 'avg':
+    return x.mean(axis=(1, 2))
+  if name == 'max':
+    return x.max(axis=(1, 2))
+  return AttentionPool()(x)

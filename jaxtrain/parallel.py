@@ -1,0 +1,66 @@
+"""The only module that knows about devices: meshes, shardings, and jitting the steps onto them.
+
+A step is written once for the global batch; under `jax.jit` with a data-parallel mesh XLA splits the batch
+across devices and inserts the gradient all-reduce (BatchNorm statistics are over the global batch too).
+`single` is the same program on a one-device mesh.
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxtrain.config import ConfigError, lookup
+
+STRATEGIES = ('auto', 'single', 'mesh')
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+  """Where state and batches live, and the jitted steps."""
+
+  mesh: Mesh
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  @property
+  def data_sharded(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P('data'))
+
+  @property
+  def num_devices(self) -> int:
+    return self.mesh.size
+
+  def create_state(self, create_fn):
+    """Runs `create_fn` under jit so the state is born on its devices (no host copy)."""
+    return jax.jit(create_fn, out_shardings=self.replicated)()
+
+  def jit_train_step(self, train_step):
+    """The train step with the state donated: its buffers are reused for the new state."""
+    return jax.jit(train_step, in_shardings=(self.replicated, self.data_sharded),
+                   out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+
+  def jit_eval_step(self, eval_step):
+    return jax.jit(eval_step, in_shardings=(self.replicated, self.data_sharded),
+                   out_shardings=self.replicated)
+
+  def place_batch(self, batch: dict) -> dict:
+    return jax.device_put(batch, self.data_sharded)
+
+
+def make(parallel_config, batch_sizes: dict[str, int]) -> Strategy:
+  """The configured strategy; every batch size must split evenly across the data-parallel devices."""
+  name = parallel_config.strategy
+  lookup(STRATEGIES, 'parallel.strategy', name)
+  devices = jax.devices()
+  if name == 'single' or (name == 'auto' and len(devices) == 1):
+    devices = devices[:1]
+  for key, size in batch_sizes.items():
+    if size % len(devices):
+      raise ConfigError(f'{key}={size} does not divide evenly across {len(devices)} devices; '
+                        f'use a multiple of {len(devices)} or --config.parallel.strategy=single')
+  return Strategy(Mesh(np.asarray(devices), ('data',)))

@@ -1,0 +1,42 @@
+"""The train state: one pytree of arrays, so it can be jitted, donated, sharded and checkpointed whole."""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step reads and writes. `batch_stats` is {} for models without BatchNorm.
+
+  `rng` is the run's base key; step `s` uses `fold_in(rng, s)`, so a resumed run draws the same numbers.
+  """
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  batch_stats: Any
+  rng: jax.Array
+
+
+def create(model, tx: optax.GradientTransformation, image_shape: tuple[int, ...], seed: int):
+  """A fresh state: parameters from the model's initializers, optimizer state from `tx`."""
+  init_key, rng = jax.random.split(jax.random.PRNGKey(seed))
+  variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  params = variables['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    batch_stats=variables.get('batch_stats', {}), rng=rng)
+
+
+def variables(state: TrainState) -> dict:
+  """The Flax variables for `model.apply`."""
+  if state.batch_stats:
+    return {'params': state.params, 'batch_stats': state.batch_stats}
+  return {'params': state.params}
+
+
+def num_params(params) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))
