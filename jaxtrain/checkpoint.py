@@ -9,6 +9,8 @@ import pathlib
 import jax
 import orbax.checkpoint as ocp
 
+log = logging.getLogger('jaxtrain')
+
 CHECKPOINT_DIR = 'checkpoints'
 
 
@@ -17,10 +19,9 @@ class Checkpointer:
 
   def __init__(self, workdir: pathlib.Path, keep: int, read_only: bool = False):
     self.directory = (workdir / CHECKPOINT_DIR).absolute()
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                             read_only=read_only))
+    options = (ocp.CheckpointManagerOptions(read_only=True) if read_only
+               else ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -34,7 +35,7 @@ class Checkpointer:
     """The newest checkpoint in the structure, shapes and shardings of `target` (a state or its shape)."""
     step = self._manager.latest_step()
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    logging.info('Restoring step %d from %s', step, self.directory)
+    log.info('Restoring step %d from %s', step, self.directory)
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
   def close(self) -> None:

@@ -21,6 +21,8 @@ from jaxtrain import config as config_lib
 from jaxtrain import state as state_lib
 from jaxtrain.logging import MetricWriter, plot_history, read_metrics
 
+log = logging.getLogger('jaxtrain')
+
 SUMMARY_FILE = 'summary.json'
 CONFIG_FILE = 'config.json'
 
@@ -112,12 +114,17 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = 
   stats = data.load_or_compute_stats(exp.splits.train, workdir, config.data.stats_max_examples)
 
   state = exp.new_state()
-  logging.info('Model %s with %d parameters', config.model.name, state_lib.num_params(state.params))
+  log.info('Model %s with %d parameters', config.model.name, state_lib.num_params(state.params))
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint.keep)
   if ckpt.latest_step() is not None:
     state = ckpt.restore(state)
-    logging.info('Resuming from step %d in %s', int(state.step), workdir)
+    log.info('Resuming from step %d in %s', int(state.step), workdir)
   start = int(jax.device_get(state.step))
+  if start >= exp.total_steps and (workdir / SUMMARY_FILE).exists():
+    ckpt.close()
+    log.info('%s is already trained to step %d; nothing to do', workdir, start)
+    summary = json.loads((workdir / SUMMARY_FILE).read_text())
+    return Run(workdir=workdir, history=read_metrics(workdir), state=state, summary=summary)
 
   train_step = exp.strategy.jit_train_step(
       steps.make_train_step(exp.model, exp.optimizer, config.optim))
@@ -141,7 +148,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = 
       writer.advance(1)
       if step == start + 1:
         jax.block_until_ready(metrics)
-        logging.info('First step (compilation included) took %.1fs', time.time() - started)
+        log.info('First step (compilation included) took %.1fs', time.time() - started)
         last_log = (step, time.time())
       epoch = step / exp.steps_per_epoch
       if config_lib.every(config.train.log_every_steps, step, exp.total_steps):

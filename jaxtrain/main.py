@@ -5,10 +5,12 @@ is overridable as --config.optim.lr=3e-4. A bad config, data set or workdir exit
 """
 
 import json
+import logging
 import pathlib
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from jaxtrain import config as config_lib
@@ -53,6 +55,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and TFDS log every file they touch.
+  logging.getLogger('jaxtrain').setLevel(logging.INFO)
   if len(argv) > 1:
     _fail(f'unexpected arguments {argv[1:]}; settings are passed as --config.KEY=VALUE')
   if _MODE.value not in MODES:

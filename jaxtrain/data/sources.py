@@ -13,6 +13,8 @@ import tensorflow_datasets as tfds
 from jaxtrain.config import ConfigError, lookup
 from jaxtrain.data.digits import Digits
 
+log = logging.getLogger('jaxtrain')
+
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
@@ -29,7 +31,7 @@ class Splits:
 def _digits(data_dir: str):
   builder = Digits(data_dir=data_dir, file_format='array_record')
   if not builder.is_prepared():
-    logging.info('Preparing the digits data set in %s', data_dir)
+    log.info('Preparing the digits data set in %s', data_dir)
     tfds.disable_progress_bar()
     builder.download_and_prepare()
   return builder
@@ -60,11 +62,11 @@ def load(config) -> Splits:
     builder = make_builder(directory)
     train = builder.as_data_source(split='train')
     test = builder.as_data_source(split='test')
-  except (FileNotFoundError, AssertionError, tfds.core.registered.DatasetNotFoundError) as e:
+  except (FileNotFoundError, KeyError, tfds.core.registered.DatasetNotFoundError) as e:
     raise ConfigError(
-        f'data set {config.data.name!r} is not prepared in {directory!r} and cannot be downloaded here '
-        f'({type(e).__name__}); prepare it with tfds.builder({config.data.name!r}, '
-        f'data_dir=...).download_and_prepare(file_format="array_record") and set data.data_dir') from e
+        f'data set {config.data.name!r} is not prepared in {directory!r}; prepare it once with '
+        f'tfds.builder({config.data.name!r}, data_dir={directory!r}, file_format="array_record")'
+        '.download_and_prepare() or point data.data_dir at a folder that has it') from e
   num_val = round(config.data.validation_fraction * len(train))
   if num_val > 0:
     num_train = len(train) - num_val
