@@ -1,0 +1,28 @@
+"""Shared fixtures: a per-worker TFDS folder and small digits configs that train in seconds."""
+
+import pathlib
+
+import pytest
+
+import jaxtrain
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / 'configs'
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory) -> str:
+  """Where the digits builder prepares its array_record files (once per test worker)."""
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture
+def make_config(data_dir):
+  """`make_config(name='digits_cnn', **{'optim.lr': 1e-3})`: a config with quiet, short defaults."""
+
+  def make(name: str = 'digits_cnn', **overrides):
+    base = {'data.data_dir': data_dir, 'train.num_steps': 20, 'train.progress_bar': False,
+            'train.log_every_steps': 10, 'train.eval_every_steps': 20}
+    return jaxtrain.load_config(CONFIGS / f'{name}.py', {**base, **overrides})
+
+  return make

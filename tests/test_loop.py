@@ -1,0 +1,107 @@
+"""The loop end to end through the Python API: files, resume, BatchNorm at eval, the default job."""
+
+import json
+import pickle
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+import jaxtrain
+from jaxtrain import data, models, optim, steps
+from jaxtrain import state as state_lib
+
+
+def test_fit_writes_the_documented_workdir(make_config, tmp_path):
+  run = jaxtrain.fit(make_config(**{'train.num_steps': 20}), tmp_path)
+  resolved = json.loads((tmp_path / 'config.json').read_text())
+  assert resolved['train']['num_steps'] == 20 and resolved['model']['name'] == 'cnn'
+  records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert all('step' in r and 'epoch' in r for r in records)
+  train = [r for r in records if 'train/loss' in r]
+  assert [r['step'] for r in train] == [10, 20]
+  for key in ('train/loss', 'train/accuracy', 'train/lr', 'train/grad_norm', 'train/steps_per_sec'):
+    assert key in train[-1]
+  assert train[-1]['epoch'] == pytest.approx(20 / (1293 // 32))
+  assert any('eval/accuracy' in r for r in records) and any('test/accuracy' in r for r in records)
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  assert set(summary) == {'steps', 'wall_s', 'best_step', 'best', 'final'}
+  assert summary['steps'] == 20 and summary['best_step'] == 20
+  assert set(summary['final']) == {'eval/loss', 'eval/accuracy', 'test/loss', 'test/accuracy'}
+  assert list((tmp_path / 'tb').glob('events.out.tfevents.*'))
+  assert (tmp_path / 'checkpoints' / '20').is_dir()
+  assert run.history == records and int(run.state.step) == 20
+  assert 'steps=20' in repr(run)
+  run.plot()
+  assert (tmp_path / 'plots' / 'curves.png').stat().st_size > 1000
+
+
+def test_fit_does_not_change_the_callers_config_and_uses_a_temporary_workdir(make_config):
+  config = make_config(**{'train.num_steps': 2, 'train.log_every_steps': 1})
+  before = config.to_json()
+  run = jaxtrain.fit(config)
+  assert config.to_json() == before
+  assert run.workdir.is_dir() and (run.workdir / 'summary.json').exists()
+
+
+def test_running_again_resumes_and_appends_without_duplicates(make_config, tmp_path):
+  jaxtrain.fit(make_config(**{'train.num_steps': 20}), tmp_path)
+  run = jaxtrain.fit(make_config(**{'train.num_steps': 40}), tmp_path)
+  train_steps = [r['step'] for r in run.history if 'train/loss' in r]
+  assert train_steps == [10, 20, 30, 40]
+  assert run.summary['steps'] == 40
+  # A finished run is not trained again and its files stay as they were.
+  metrics = (tmp_path / 'metrics.jsonl').read_text()
+  again = jaxtrain.fit(make_config(**{'train.num_steps': 40}), tmp_path)
+  assert (tmp_path / 'metrics.jsonl').read_text() == metrics
+  assert again.summary == run.summary
+
+
+def test_resumed_run_matches_an_uninterrupted_one(make_config, tmp_path):
+  """Data order and dropout randomness are functions of the step: a run that lost its last checkpoint
+  and resumed from step 15 ends bit-identical to one that never stopped."""
+  config = make_config(**{'train.num_steps': 30, 'checkpoint.every_steps': 15, 'model.dropout': 0.3})
+  straight = jaxtrain.fit(config, tmp_path / 'a')
+  jaxtrain.fit(config, tmp_path / 'b')
+  shutil.rmtree(tmp_path / 'b' / 'checkpoints' / '30')  # As if killed between steps 15 and 30.
+  (tmp_path / 'b' / 'summary.json').unlink()
+  resumed = jaxtrain.fit(config, tmp_path / 'b')
+  for a, b in zip(jax.tree.leaves(straight.state), jax.tree.leaves(resumed.state), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_eval_with_batchnorm_uses_running_statistics(make_config, tmp_path):
+  """After training, one example's eval prediction does not depend on the rest of its batch."""
+  config = make_config(**{'train.num_steps': 30, 'model.norm': 'batch'})
+  run = jaxtrain.fit(config, tmp_path)
+  model = models.build(config.model, 10)
+  variables = state_lib.variables(run.state)
+  assert 'batch_stats' in variables
+  splits = data.load(config)
+  stats = json.loads((tmp_path / data.STATS_FILE).read_text())
+  batch = next(data.iterate(data.eval_batches(splits.test, stats, 64)))
+  alone = model.apply(variables, batch['image'][:1], train=False)
+  together = model.apply(variables, batch['image'], train=False)[:1]
+  np.testing.assert_allclose(alone, together, rtol=1e-5, atol=1e-5)
+  eval_step = jax.jit(steps.make_eval_step(model))
+  sums = eval_step(run.state, batch)
+  assert int(sums['count']) == 64
+
+
+def test_state_is_a_plain_pytree(make_config):
+  config = make_config()
+  model = models.build(config.model, 10)
+  state = state_lib.create(model, optim.build(config.optim, 10).tx, (8, 8, 1), seed=0)
+  restored = pickle.loads(pickle.dumps(jax.device_get(state)))
+  assert jax.tree.structure(restored) == jax.tree.structure(state)
+  assert state_lib.num_params(state.params) == 53226
+
+
+@pytest.mark.slow
+def test_default_job_reaches_97_percent_test_accuracy(data_dir, tmp_path):
+  config = jaxtrain.load_config('configs/digits_cnn.py',
+                                {'data.data_dir': data_dir, 'train.progress_bar': False})
+  run = jaxtrain.fit(config, tmp_path)
+  assert run.summary['final']['test/accuracy'] >= 0.97
+  assert run.summary['steps'] == 30 * (1293 // 32)
