@@ -148,40 +148,37 @@ def load_config(path: str | pathlib.Path, overrides: Mapping[str, object] | None
   return config
 
 
-def _require(ok: bool, key: str, value, allowed: str) -> None:
-  if not ok:
-    raise ConfigError(f'{key}={value!r} is out of range; {allowed}')
+def _check_range(config, keys: tuple[str, ...], ok, allowed: str) -> None:
+  """Raises a ConfigError for the first of `keys` whose value fails `ok`."""
+  for key in keys:
+    section, leaf = key.split('.')
+    value = config[section][leaf]
+    if not ok(value):
+      raise ConfigError(f'{key}={value!r} is out of range; {allowed}')
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks ranges and combinations; raises a ConfigError on the first mistake."""
-  for key in ('data.batch_size', 'data.eval_batch_size', 'train.log_every_steps',
-              'checkpoint.keep', 'optim.cycles', 'model.kernel_size', 'data.stats_max_examples'):
-    value = config[key.split('.')[0]][key.split('.')[1]]
-    _require(value >= 1, key, value, 'it must be >= 1')
-  for key in ('train.num_epochs', 'train.num_steps', 'train.eval_every_steps',
-              'checkpoint.every_steps', 'optim.warmup_steps', 'optim.weight_decay', 'optim.l1',
-              'optim.l2', 'optim.clip_norm', 'optim.clip_value', 'data.prefetch',
-              'optim.plateau_patience'):
-    value = config[key.split('.')[0]][key.split('.')[1]]
-    _require(value >= 0, key, value, 'it must be >= 0')
-  _require(config.optim.lr > 0, 'optim.lr', config.optim.lr, 'the learning rate must be > 0')
-  _require(0 <= config.model.dropout < 1, 'model.dropout', config.model.dropout,
-           'a dropout rate must be in [0, 1)')
-  _require(0 <= config.data.validation_fraction < 1, 'data.validation_fraction',
-           config.data.validation_fraction, 'it must be in [0, 1)')
-  for key in ('optim.momentum', 'optim.beta1', 'optim.beta2', 'optim.decay'):
-    value = config.optim[key.split('.')[1]]
-    _require(0 <= value < 1, key, value, 'it must be in [0, 1)')
-  for key in ('optim.decay_factor', 'optim.plateau_factor'):
-    value = config.optim[key.split('.')[1]]
-    _require(0 < value <= 1, key, value, 'it must be in (0, 1]')
-  boundaries = config.optim.decay_boundaries
-  _require(all(0 < b < 1 for b in boundaries) and list(boundaries) == sorted(boundaries),
-           'optim.decay_boundaries', boundaries,
-           'give increasing fractions of training in (0, 1), e.g. (0.5, 0.75)')
-  _require(config.checkpoint.mode in ('min', 'max'), 'checkpoint.mode', config.checkpoint.mode,
-           "choose 'min' or 'max'")
+  _check_range(config, ('data.batch_size', 'data.eval_batch_size', 'train.log_every_steps',
+                        'checkpoint.keep', 'optim.cycles', 'model.kernel_size',
+                        'data.stats_max_examples'), lambda v: v >= 1, 'it must be >= 1')
+  _check_range(config, ('train.num_epochs', 'train.num_steps', 'train.eval_every_steps',
+                        'checkpoint.every_steps', 'optim.warmup_steps', 'optim.weight_decay',
+                        'optim.l1', 'optim.l2', 'optim.clip_norm', 'optim.clip_value',
+                        'data.prefetch', 'optim.plateau_patience'), lambda v: v >= 0,
+               'it must be >= 0')
+  _check_range(config, ('optim.lr',), lambda v: v > 0, 'the learning rate must be > 0')
+  _check_range(config, ('model.dropout',), lambda v: 0 <= v < 1,
+               'a dropout rate must be in [0, 1)')
+  _check_range(config, ('data.validation_fraction', 'optim.momentum', 'optim.beta1',
+                        'optim.beta2', 'optim.decay'), lambda v: 0 <= v < 1, 'it must be in [0, 1)')
+  _check_range(config, ('optim.decay_factor', 'optim.plateau_factor'), lambda v: 0 < v <= 1,
+               'it must be in (0, 1]')
+  _check_range(config, ('optim.decay_boundaries',),
+               lambda b: all(0 < x < 1 for x in b) and list(b) == sorted(b),
+               'give increasing fractions of training in (0, 1), e.g. (0.5, 0.75)')
+  _check_range(config, ('checkpoint.mode',), lambda m: m in ('min', 'max'),
+               "choose 'min' or 'max'")
   if not config.model.features:
     raise ConfigError('model.features is empty; give at least one width, e.g. (32, 64)')
   if config.train.num_steps <= 0 and config.train.num_epochs <= 0:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtrain.config import lookup
+from jaxtrain.config import ConfigError, lookup
 
 OPTIMIZERS: dict[str, Callable] = {
     'sgd': lambda c: optax.identity(),
@@ -40,12 +40,19 @@ def _sgdr(lr: float, steps: int, cycles: int) -> optax.Schedule:
                               for _ in range(cycles)])
 
 
+def _step(lr: float, steps: int, boundaries, factor: float) -> optax.Schedule:
+  """lr times `factor` once per boundary passed; boundaries that round to one step multiply."""
+  scales = {}
+  for step in (round(b * steps) for b in boundaries):
+    scales[step] = scales.get(step, 1.0) * factor
+  return optax.piecewise_constant_schedule(lr, scales)
+
+
 # name -> (peak lr, decay steps, optim config) -> schedule.
 SCHEDULES: dict[str, Callable] = {
     'constant': lambda lr, n, c: optax.constant_schedule(lr),
     'plateau': lambda lr, n, c: optax.constant_schedule(lr),
-    'step': lambda lr, n, c: optax.piecewise_constant_schedule(
-        lr, {round(b * n): c.decay_factor for b in c.decay_boundaries}),
+    'step': lambda lr, n, c: _step(lr, n, c.decay_boundaries, c.decay_factor),
     'exponential': lambda lr, n, c: optax.exponential_decay(lr, max(1, n), c.decay_factor),
     'cosine': lambda lr, n, c: optax.cosine_decay_schedule(lr, max(1, n)),
     'linear': lambda lr, n, c: optax.linear_schedule(lr, 0.0, max(1, n)),
@@ -128,6 +135,14 @@ def build(optim_config, total_steps: int) -> Optimizer:
   parts.append(optax.scale_by_learning_rate(lr_schedule))
   plateau = None
   if optim_config.schedule == 'plateau':
+    # reduce_on_plateau lowers the LR when the count of evaluations without improvement equals
+    # `patience`: 0 would lower it on every improvement instead, and it rejects a factor of 1.
+    if optim_config.plateau_patience < 1:
+      raise ConfigError(f'optim.plateau_patience={optim_config.plateau_patience!r} is out of '
+                        'range; the plateau schedule needs >= 1')
+    if optim_config.plateau_factor >= 1:
+      raise ConfigError(f'optim.plateau_factor={optim_config.plateau_factor!r} is out of range; '
+                        'the plateau schedule needs a factor < 1')
     plateau = optax.contrib.reduce_on_plateau(
         factor=optim_config.plateau_factor, patience=optim_config.plateau_patience)
     parts.append(_plateau_scale())

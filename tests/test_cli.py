@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import CONFIGS, ROOT
 
 import jaxtrain
-from conftest import CONFIGS, ROOT
 
 QUICK = ['--config.train.num_steps=10', '--config.train.progress_bar=False',
          '--config.train.log_every_steps=5']
@@ -55,7 +55,8 @@ BAD = [
     (['--config.model.name=resnet'], "model.name='resnet' is not known; choose one of: cnn, mlp"),
     (['--config.data.name=imagenet'], "data.name='imagenet' is not known"),
     (['--config.model.norm=group'], "model.norm='group' is not known"),
-    (['--config.train.num_steps=0', '--config.train.num_epochs=0'], 'neither train.num_epochs nor train.num_steps is set'),
+    (['--config.train.num_steps=0', '--config.train.num_epochs=0'],
+     'neither train.num_epochs nor train.num_steps is set'),
     (['--config.data.batch_size=100000'], 'data.batch_size=100000 is larger than'),
     (['--config.data.validation_fraction=1.0'], 'data.validation_fraction'),
     (['--config.parallel.strategy=tpu'], "parallel.strategy='tpu' is not known"),

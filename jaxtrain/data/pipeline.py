@@ -65,8 +65,7 @@ def train_batches(source, stats: dict, batch_size: int, seed: int) -> grain.MapD
 def _pad(batch_size: int) -> Callable[[dict], dict]:
   def pad(batch: dict) -> dict:
     size = len(batch['label'])
-    widths = lambda x: [(0, batch_size - size)] + [(0, 0)] * (x.ndim - 1)
-    padded = {k: np.pad(v, widths(v)) for k, v in batch.items()}
+    padded = {k: np.pad(v, [(0, batch_size - size)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
     padded['mask'] = np.arange(batch_size) < size
     return padded
   return pad
