@@ -59,7 +59,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.optim.decay_boundaries = (0.5, 0.75)  # step: fractions of training where the LR is multiplied ...
   c.optim.decay_factor = 0.1  # ... by this factor; exponential: the LR at the end is lr * decay_factor.
   c.optim.cycles = 4  # sgdr: number of cosine cycles (restarts).
-  c.optim.plateau_patience = 3  # plateau: evaluations without improvement before the LR drops ...
+  c.optim.plateau_patience = 3  # plateau: the LR drops at this many evaluations without improvement ...
   c.optim.plateau_factor = 0.5  # ... by this factor.
   c.optim.weight_decay = 0.0  # Decoupled (AdamW-style), kernels only.
   c.optim.l1 = 0.0  # Penalties added to the loss, kernels only.
@@ -161,19 +161,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Checks ranges and combinations; raises a ConfigError on the first mistake."""
   _check_range(config, ('data.batch_size', 'data.eval_batch_size', 'train.log_every_steps',
                         'checkpoint.keep', 'optim.cycles', 'model.kernel_size',
-                        'data.stats_max_examples'), lambda v: v >= 1, 'it must be >= 1')
+                        'data.stats_max_examples', 'optim.plateau_patience'), lambda v: v >= 1,
+               'it must be >= 1')
   _check_range(config, ('train.num_epochs', 'train.num_steps', 'train.eval_every_steps',
                         'checkpoint.every_steps', 'optim.warmup_steps', 'optim.weight_decay',
                         'optim.l1', 'optim.l2', 'optim.clip_norm', 'optim.clip_value',
-                        'data.prefetch', 'optim.plateau_patience'), lambda v: v >= 0,
+                        'data.prefetch'), lambda v: v >= 0,
                'it must be >= 0')
   _check_range(config, ('optim.lr',), lambda v: v > 0, 'the learning rate must be > 0')
   _check_range(config, ('model.dropout',), lambda v: 0 <= v < 1,
                'a dropout rate must be in [0, 1)')
   _check_range(config, ('data.validation_fraction', 'optim.momentum', 'optim.beta1',
                         'optim.beta2', 'optim.decay'), lambda v: 0 <= v < 1, 'it must be in [0, 1)')
-  _check_range(config, ('optim.decay_factor', 'optim.plateau_factor'), lambda v: 0 < v <= 1,
-               'it must be in (0, 1]')
+  _check_range(config, ('optim.decay_factor',), lambda v: 0 < v <= 1, 'it must be in (0, 1]')
+  # reduce_on_plateau with patience 0 lowers the LR on every improvement, and rejects a factor of 1.
+  _check_range(config, ('optim.plateau_factor',), lambda v: 0 < v < 1, 'it must be in (0, 1)')
   _check_range(config, ('optim.decay_boundaries',),
                lambda b: all(0 < x < 1 for x in b) and list(b) == sorted(b),
                'give increasing fractions of training in (0, 1), e.g. (0.5, 0.75)')

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtrain.config import ConfigError, lookup
+from jaxtrain.config import lookup
 
 OPTIMIZERS: dict[str, Callable] = {
     'sgd': lambda c: optax.identity(),
@@ -135,14 +135,6 @@ def build(optim_config, total_steps: int) -> Optimizer:
   parts.append(optax.scale_by_learning_rate(lr_schedule))
   plateau = None
   if optim_config.schedule == 'plateau':
-    # reduce_on_plateau lowers the LR when the count of evaluations without improvement equals
-    # `patience`: 0 would lower it on every improvement instead, and it rejects a factor of 1.
-    if optim_config.plateau_patience < 1:
-      raise ConfigError(f'optim.plateau_patience={optim_config.plateau_patience!r} is out of '
-                        'range; the plateau schedule needs >= 1')
-    if optim_config.plateau_factor >= 1:
-      raise ConfigError(f'optim.plateau_factor={optim_config.plateau_factor!r} is out of range; '
-                        'the plateau schedule needs a factor < 1')
     plateau = optax.contrib.reduce_on_plateau(
         factor=optim_config.plateau_factor, patience=optim_config.plateau_patience)
     parts.append(_plateau_scale())
