@@ -106,7 +106,6 @@ def _mean_metrics(pending: list[dict]) -> dict:
 
 def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = None) -> Run:
   """Trains (or resumes) the configured run in `workdir` (a temporary directory when None)."""
-  config = ml_collections.ConfigDict(config)  # The caller's config is never changed.
   workdir = pathlib.Path(workdir) if workdir else pathlib.Path(tempfile.mkdtemp(prefix='jaxtrain-'))
   exp = _prepare(config, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +136,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = 
   eval_every = config.train.eval_every_steps or exp.steps_per_epoch
   save_every = config.checkpoint.every_steps or exp.steps_per_epoch
   monitor, mode = config.checkpoint.monitor, config.checkpoint.mode
-  best_step, best = None, {}
+  best_step, best, evaluation = None, {}, None
   writer = MetricWriter(workdir, exp.total_steps, start, config.train.progress_bar)
   started = time.time()
   pending, last_log = [], (start, time.time())
@@ -167,7 +166,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = 
       if config_lib.every(save_every, step, exp.total_steps):
         ckpt.save(state)
 
-    final = _final_metrics(exp, eval_step, state, stats)
+    final = _final_metrics(exp, eval_step, state, stats, evaluation)
     writer.write({'step': exp.total_steps, 'epoch': exp.total_steps / exp.steps_per_epoch,
                   **{k: v for k, v in final.items() if k.startswith('test/')}})
   finally:
@@ -180,11 +179,15 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = 
   return Run(workdir=workdir, history=read_metrics(workdir), state=state, summary=summary)
 
 
-def _final_metrics(exp: _Experiment, eval_step, state, stats: dict) -> dict:
-  """Eval-split and test-split metrics of `state` (the test split is evaluated only here)."""
+def _final_metrics(exp: _Experiment, eval_step, state, stats: dict, evaluation: dict | None) -> dict:
+  """Eval-split and test-split metrics of `state` (the test split is evaluated only here).
+
+  `evaluation` is the eval split's metrics of `state` when the loop has just computed them.
+  """
   batch_size = exp.config.data.eval_batch_size
-  final = _evaluate(eval_step, state, data.iterate(data.eval_batches(exp.splits.eval, stats, batch_size)),
-                    exp.strategy, 'eval')
+  final = evaluation or _evaluate(
+      eval_step, state, data.iterate(data.eval_batches(exp.splits.eval, stats, batch_size)),
+      exp.strategy, 'eval')
   if exp.splits.eval_name == 'test':
     return {**final, **{k.replace('eval/', 'test/'): v for k, v in final.items()}}
   test = data.eval_batches(exp.splits.test, stats, batch_size)
@@ -193,7 +196,6 @@ def _final_metrics(exp: _Experiment, eval_step, state, stats: dict) -> dict:
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
   """Eval- and test-split metrics of the newest checkpoint in `workdir`; writes nothing."""
-  config = ml_collections.ConfigDict(config)
   workdir = pathlib.Path(workdir)
   exp = _prepare(config, workdir)
   stats_path = workdir / data.STATS_FILE
@@ -205,5 +207,5 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
   state = ckpt.restore(jax.eval_shape(exp.new_state))
   ckpt.close()
   eval_step = exp.strategy.jit_eval_step(steps.make_eval_step(exp.model))
-  metrics = _final_metrics(exp, eval_step, state, json.loads(stats_path.read_text()))
+  metrics = _final_metrics(exp, eval_step, state, json.loads(stats_path.read_text()), None)
   return {'step': int(jax.device_get(state.step)), **metrics}
