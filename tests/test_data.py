@@ -12,23 +12,25 @@ from jaxtrain import data
 
 def test_digits_builder_has_fixed_splits_and_carves_validation(make_config):
   splits = data.load(make_config())  # digits_cnn carves 10% of train for validation.
-  assert (len(splits.train), len(splits.eval), len(splits.test)) == (1293, 144, 360)
+  sizes = [len(split['label']) for split in (splits.train, splits.eval, splits.test)]
+  assert sizes == [1293, 144, 360]
+  assert splits.train['image'].shape == (1293, 8, 8, 1) and splits.train['image'].dtype == np.uint8
   assert splits.eval_name == 'validation' and splits.num_classes == 10
   assert splits.image_shape == (8, 8, 1)
   no_val = data.load(make_config(**{'data.validation_fraction': 0.0}))
-  assert len(no_val.train) == 1437 and no_val.eval_name == 'test'
+  assert len(no_val.train['label']) == 1437 and no_val.eval_name == 'test'
   # The carved validation examples are the tail of the full train split, the same on every call.
-  tail = [no_val.train[i]['label'] for i in range(1293, 1437)]
-  assert tail == [splits.eval[i]['label'] for i in range(144)]
+  np.testing.assert_array_equal(no_val.train['image'][1293:], splits.eval['image'])
+  np.testing.assert_array_equal(no_val.train['label'][:1293], splits.train['label'])
 
 
 def test_statistics_come_from_the_training_split_only(make_config, tmp_path):
   splits = data.load(make_config())
   stats = data.compute_stats(splits.train, max_examples=10_000)
-  images = np.stack([splits.train[i]['image'] for i in range(len(splits.train))])
+  images = splits.train['image'].astype(np.float64)
   assert stats['mean'][0] == pytest.approx(images.mean(), rel=1e-6)
   assert stats['std'][0] == pytest.approx(images.std(), rel=1e-6)
-  with_test = np.concatenate([images, np.stack([splits.test[i]['image'] for i in range(360)])])
+  with_test = np.concatenate([images, splits.test['image']])
   assert stats['mean'][0] != pytest.approx(with_test.mean(), rel=1e-6)
   # Stored once in the workdir and reused, even if the split later changed.
   data.load_or_compute_stats(splits.train, tmp_path, 10_000)
@@ -53,15 +55,20 @@ def test_each_epoch_is_reshuffled_reproducibly_and_drops_the_remainder(make_conf
   splits = data.load(make_config(**{'data.validation_fraction': 0.0}))
   stats = data.compute_stats(splits.train, 10_000)
   batches = data.train_batches(splits.train, stats, batch_size=100, seed=3)
-  steps_per_epoch = len(splits.train) // 100  # 14; the last 37 examples of each epoch are dropped.
+  steps_per_epoch = len(splits.train['label']) // 100  # 14; each epoch drops its last 37 examples.
   first, second = epoch_labels(batches, 0, 14), epoch_labels(batches, 1, 14)
   assert first != second
   assert epoch_labels(data.train_batches(splits.train, stats, 100, seed=3), 1, 14) == second
   assert epoch_labels(data.train_batches(splits.train, stats, 100, seed=4), 1, 14) != second
   assert all(len(b) == 100 for b in first) and steps_per_epoch == 14
-  # No example repeats within an epoch.
-  images = np.concatenate([batches[i]['image'].reshape(100, -1) for i in range(14)])
-  assert len(np.unique(images, axis=0)) >= len(images) - 20  # Digits has a few duplicate images.
+  # Within an epoch no example repeats: the 14 batches hold 1400 distinct examples. Digits has duplicate
+  # images, so examples are told apart by a tag written into their pixels.
+  tagged = {'image': np.arange(1437).reshape(-1, 1, 1, 1) * np.ones((1, 8, 8, 1)),
+            'label': splits.train['label']}
+  plain = {'mean': [0.0], 'std': [1.0]}
+  ids = [data.train_batches(tagged, plain, 100, seed=3)[i]['image'][:, 0, 0, 0] for i in range(28)]
+  for epoch in (ids[:14], ids[14:]):
+    assert len(np.unique(np.concatenate(epoch))) == 1400
 
 
 def test_resuming_the_iterator_at_a_step_yields_that_steps_batch(make_config):
@@ -69,6 +76,7 @@ def test_resuming_the_iterator_at_a_step_yields_that_steps_batch(make_config):
   stats = data.compute_stats(splits.train, 10_000)
   batches = data.train_batches(splits.train, stats, 32, seed=0)
   resumed = next(data.iterate(batches, start=57))
+  assert not np.array_equal(resumed['image'], batches[56]['image'])
   np.testing.assert_array_equal(resumed['image'], batches[57]['image'])
 
 
@@ -96,6 +104,15 @@ def test_prefetch_places_batches_ahead_and_reraises_producer_errors():
 
   with pytest.raises(OSError, match='disk gone'):
     list(data.prefetch(broken(), lambda b: b, size=2))
+
+
+def test_read_decodes_a_tfds_source_into_arrays(make_config):
+  builder = data.DATASETS['digits'](make_config().data.data_dir)
+  source = builder.as_data_source(split='test')
+  arrays = data.read(source)
+  assert arrays['image'].shape == (360, 8, 8, 1) and arrays['label'].dtype == np.int32
+  np.testing.assert_array_equal(arrays['image'][250], source[250]['image'])
+  assert arrays['label'][359] == source[359]['label']
 
 
 def test_mnist_config_trains_a_few_steps_on_mock_data(make_config, tmp_path):

@@ -9,7 +9,7 @@ from jaxtrain.data.pipeline import (
     prefetch,
     train_batches,
 )
-from jaxtrain.data.sources import DATASETS, Splits, load
+from jaxtrain.data.sources import DATASETS, Splits, load, read
 
 __all__ = ['DATASETS', 'STATS_FILE', 'Splits', 'compute_stats', 'eval_batches', 'iterate', 'load',
-           'load_or_compute_stats', 'prefetch', 'train_batches']
+           'load_or_compute_stats', 'prefetch', 'read', 'train_batches']

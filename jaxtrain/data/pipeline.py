@@ -1,14 +1,20 @@
-"""Grain pipelines: normalization with training-split statistics, per-epoch shuffles, padded eval batches.
+"""Grain pipelines over in-memory splits: training-split normalization, per-epoch shuffles, padded eval.
 
-The train pipeline is a random-access `grain.MapDataset` whose item `i` is the batch of optimizer step `i`:
-the order is a pure function of (seed, epoch) and resuming at step `s` is slicing at `s`, so the data
-position never has to be guessed. Eval batches are padded to a fixed size with a `mask`, so every example
-counts exactly once and the eval step compiles once.
+A split is decoded from TFDS once into numpy arrays (`sources.load`). The train pipeline is a random-access
+`grain.MapDataset` whose item `i` is the batch of optimizer step `i`: the order is a pure function of
+(seed, epoch) and resuming at step `s` is slicing at `s`, so the data position never has to be guessed.
+Eval batches are padded to a fixed size with a `mask`, so every example counts once and eval compiles once.
+
+Why not Grain's per-example `shuffle().batch()`: on a CPU host it costs 1-4 ms of Python per batch of 32
+(more than a train step of the default CNN; see benchmarks/README.md), while one vectorised permutation per
+epoch and a fancy-indexed gather cost microseconds.
 """
 
+import functools
 import json
 import pathlib
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterator
 
@@ -18,23 +24,22 @@ import numpy as np
 STATS_FILE = 'normalization.json'
 
 
-def compute_stats(source, max_examples: int) -> dict:
-  """Per-channel mean and std of the images of `source` (the training split, never eval or test)."""
-  count = min(len(source), max_examples)
-  images = np.stack([source[i]['image'] for i in range(count)]).astype(np.float64)
+def compute_stats(split: dict, max_examples: int) -> dict:
+  """Per-channel mean and std of a split's images (the training split, never eval or test)."""
+  images = split['image'][:max_examples].astype(np.float64)
   axes = tuple(range(images.ndim - 1))
   std = images.std(axis=axes)
   return {'mean': images.mean(axis=axes).tolist(),
           'std': np.where(std > 0, std, 1.0).tolist(),
-          'num_examples': count}
+          'num_examples': len(images)}
 
 
-def load_or_compute_stats(source, workdir: pathlib.Path, max_examples: int) -> dict:
+def load_or_compute_stats(split: dict, workdir: pathlib.Path, max_examples: int) -> dict:
   """Statistics stored in the workdir win, so eval and resumed runs normalize exactly like training did."""
   path = workdir / STATS_FILE
   if path.exists():
     return json.loads(path.read_text())
-  stats = compute_stats(source, max_examples)
+  stats = compute_stats(split, max_examples)
   path.write_text(json.dumps(stats, indent=2))
   return stats
 
@@ -49,39 +54,46 @@ def _normalizer(stats: dict) -> Callable[[dict], dict]:
   return normalize
 
 
-def train_batches(source, stats: dict, batch_size: int, seed: int) -> grain.MapDataset:
+def train_batches(split: dict, stats: dict, batch_size: int, seed: int) -> grain.MapDataset:
   """Endless random-access stream of train batches; item `i` feeds step `i`.
 
-  Grain reshuffles every epoch (the shuffle's index space repeats with a new permutation per epoch) and
-  drops each epoch's remainder, so every step sees a full batch.
+  Every epoch is a new permutation drawn from (seed, epoch); each epoch's remainder is dropped, so every
+  step sees a full batch and no example repeats within an epoch.
   """
-  return (grain.MapDataset.source(source)
-          .shuffle(seed=seed)
-          .batch(batch_size, drop_remainder=True)
-          .map(_normalizer(stats))
-          .repeat(None))
+  num_examples = len(split['label'])
+  steps_per_epoch = num_examples // batch_size
+  normalize = _normalizer(stats)
+
+  @functools.lru_cache(maxsize=2)
+  def permutation(epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+  def batch(step: int) -> dict:
+    epoch, position = divmod(step, steps_per_epoch)
+    indices = permutation(epoch)[position * batch_size:(position + 1) * batch_size]
+    return normalize({key: value[indices] for key, value in split.items()})
+
+  return grain.MapDataset.range(sys.maxsize).map(batch)
 
 
-def _pad(batch_size: int) -> Callable[[dict], dict]:
-  def pad(batch: dict) -> dict:
-    size = len(batch['label'])
-    padded = {k: np.pad(v, [(0, batch_size - size)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
+def eval_batches(split: dict, stats: dict, batch_size: int) -> grain.MapDataset:
+  """Every example once, in order, in batches of exactly `batch_size` with a `mask` of real examples."""
+  num_examples = len(split['label'])
+  normalize = _normalizer(stats)
+
+  def batch(index: int) -> dict:
+    chunk = normalize({k: v[index * batch_size:(index + 1) * batch_size] for k, v in split.items()})
+    size = len(chunk['label'])
+    padded = {k: np.pad(v, [(0, batch_size - size)] + [(0, 0)] * (v.ndim - 1)) for k, v in chunk.items()}
     padded['mask'] = np.arange(batch_size) < size
     return padded
-  return pad
 
-
-def eval_batches(source, stats: dict, batch_size: int) -> grain.MapDataset:
-  """Every example once, in order, in batches of exactly `batch_size` with a `mask` of real examples."""
-  return (grain.MapDataset.source(source)
-          .batch(batch_size, drop_remainder=False)
-          .map(_normalizer(stats))
-          .map(_pad(batch_size)))
+  return grain.MapDataset.range(-(-num_examples // batch_size)).map(batch)
 
 
 def iterate(dataset: grain.MapDataset, start: int = 0) -> Iterator[dict]:
-  """Iterates from item `start`, reading ahead on host threads."""
-  return iter(dataset[start:].to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
+  """Iterates from item `start`. Batches are cheap gathers, so no read threads are needed."""
+  return iter(dataset[start:].to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
 
 
 def prefetch(batches: Iterator[dict], place: Callable[[dict], dict], size: int) -> Iterator:
