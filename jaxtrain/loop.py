@@ -179,6 +179,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = 
     writer.write({'step': exp.total_steps, 'epoch': exp.total_steps / exp.steps_per_epoch,
                   **{k: v for k, v in final.items() if k.startswith('test/')}})
   finally:
+    batches.close()
     writer.close()
     ckpt.close()
 

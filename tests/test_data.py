@@ -1,6 +1,9 @@
 """Input: the digits builder, training-split statistics, per-epoch shuffles, padded eval, mock MNIST."""
 
+import itertools
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -104,6 +107,14 @@ def test_prefetch_places_batches_ahead_and_reraises_producer_errors():
 
   with pytest.raises(OSError, match='disk gone'):
     list(data.prefetch(broken(), lambda b: b, size=2))
+
+  # Closing an endless stream stops its producer thread, even while it waits on a full queue.
+  before = threading.active_count()
+  stream = data.prefetch(itertools.count(), lambda b: b, size=2)
+  assert [next(stream) for _ in range(3)] == [0, 1, 2]
+  time.sleep(0.1)  # The producer fills the queue and blocks.
+  stream.close()
+  assert threading.active_count() == before
 
 
 def test_read_decodes_a_tfds_source_into_arrays(make_config):

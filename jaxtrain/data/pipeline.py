@@ -99,7 +99,9 @@ def iterate(dataset: grain.MapDataset, start: int = 0) -> Iterator[dict]:
 def prefetch(batches: Iterator[dict], place: Callable[[dict], dict], size: int) -> Iterator:
   """Places the next `size` batches on the devices from a background thread while the step runs.
 
-  `size=0` places batches in the caller's thread. An exception in the producer is re-raised here.
+  `size=0` places batches in the caller's thread. An exception in the producer is re-raised here. Close
+  the returned generator when done: that stops and joins the producer, which must not be inside a JAX
+  call when the interpreter exits (daemon threads are killed mid-call, and XLA aborts the process).
   """
   if size == 0:
     yield from map(place, batches)
@@ -118,7 +120,8 @@ def prefetch(batches: Iterator[dict], place: Callable[[dict], dict], size: int) 
     except BaseException as e:  # Handed to the consumer, which raises it.
       buffer.put(e)
 
-  threading.Thread(target=produce, daemon=True).start()
+  producer = threading.Thread(target=produce, daemon=True)
+  producer.start()
   try:
     while (item := buffer.get()) is not done:
       if isinstance(item, BaseException):
@@ -126,5 +129,8 @@ def prefetch(batches: Iterator[dict], place: Callable[[dict], dict], size: int) 
       yield item
   finally:
     stop.set()
-    while not buffer.empty():  # Unblock a producer waiting on a full queue.
-      buffer.get_nowait()
+    while producer.is_alive():  # Free queue slots until the producer sees `stop` and returns.
+      try:
+        buffer.get(timeout=0.1)
+      except queue.Empty:
+        pass
