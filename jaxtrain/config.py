@@ -181,6 +181,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                'give increasing fractions of training in (0, 1), e.g. (0.5, 0.75)')
   _check_range(config, ('checkpoint.mode',), lambda m: m in ('min', 'max'),
                "choose 'min' or 'max'")
+  _check_range(config, ('checkpoint.monitor',), lambda m: m in ('eval/loss', 'eval/accuracy'),
+               "choose 'eval/loss' or 'eval/accuracy'")
   if not config.model.features:
     raise ConfigError('model.features is empty; give at least one width, e.g. (32, 64)')
   if config.train.num_steps <= 0 and config.train.num_epochs <= 0:

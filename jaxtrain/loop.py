@@ -64,9 +64,39 @@ class _Experiment:
     return self.strategy.create_state(create)
 
 
-def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> _Experiment:
+# Keys that define what a workdir's checkpoints and normalization.json are: a run resumes only with the same.
+_RUN_DEFINING = ('seed', 'model.', 'data.name', 'data.batch_size', 'data.validation_fraction',
+                 'data.stats_max_examples')
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
+def _check_resumable(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  """A workdir holding another run (other model, data or seed) is an error, not something to overwrite."""
+  path = workdir / CONFIG_FILE
+  if not path.exists() or not (workdir / checkpoint.CHECKPOINT_DIR).is_dir():
+    return
+  before = _flatten(json.loads(path.read_text()))
+  now = _flatten(json.loads(json.dumps(config.to_dict())))
+  for key in sorted(now):
+    if key.startswith(_RUN_DEFINING) and key in before and before[key] != now[key]:
+      raise config_lib.ConfigError(
+          f'{workdir} holds a run with {key}={before[key]!r}, this config has {now[key]!r}; '
+          'use another --workdir to start a new run')
+
+
+def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path | None) -> _Experiment:
+  """Builds and checks every piece of the run; touches no file."""
   config_lib.validate(config)
-  if workdir.exists() and not workdir.is_dir():
+  if workdir and workdir.exists() and not workdir.is_dir():
     raise config_lib.ConfigError(f'workdir {str(workdir)!r} is a file; pass a directory with --workdir')
   splits = data.load(config)
   num_train = len(splits.train['label'])
@@ -76,12 +106,15 @@ def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> _Exper
         f'data.batch_size={config.data.batch_size} is larger than the {num_train} training '
         'examples; use a smaller batch')
   total = config_lib.total_steps(config, steps_per_epoch)
-  return _Experiment(
+  exp = _Experiment(
       config=config, splits=splits, model=models.build(config.model, splits.num_classes),
       optimizer=optim.build(config.optim, total),
       strategy=parallel.make(config.parallel, {'data.batch_size': config.data.batch_size,
                                                'data.eval_batch_size': config.data.eval_batch_size}),
       steps_per_epoch=steps_per_epoch, total_steps=total)
+  if workdir:
+    _check_resumable(config, workdir)
+  return exp
 
 
 def _evaluate(eval_step, state, batches, strategy: parallel.Strategy, prefix: str) -> dict:
@@ -115,24 +148,26 @@ def _mean_metrics(pending: list[dict]) -> dict:
 
 def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = None) -> Run:
   """Trains (or resumes) the configured run in `workdir` (a temporary directory when None)."""
-  workdir = pathlib.Path(workdir) if workdir else pathlib.Path(tempfile.mkdtemp(prefix='jaxtrain-'))
+  workdir = pathlib.Path(workdir) if workdir else None
   exp = _prepare(config, workdir)
+  abstract_state = jax.eval_shape(exp.new_state)
+  workdir = workdir or pathlib.Path(tempfile.mkdtemp(prefix='jaxtrain-'))
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + '\n')
-  stats = data.load_or_compute_stats(exp.splits.train, workdir, config.data.stats_max_examples)
-
-  state = exp.new_state()
-  log.info('Model %s with %d parameters', config.model.name, state_lib.num_params(state.params))
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint.keep)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
+  if ckpt.latest_step() is None:
+    state = exp.new_state()
+  else:
+    state = ckpt.restore(abstract_state)
     log.info('Resuming from step %d in %s', int(state.step), workdir)
+  log.info('Model %s with %d parameters', config.model.name, state_lib.num_params(state.params))
   start = int(jax.device_get(state.step))
   if start >= exp.total_steps and (workdir / SUMMARY_FILE).exists():
     ckpt.close()
     log.info('%s is already trained to step %d; nothing to do', workdir, start)
     summary = json.loads((workdir / SUMMARY_FILE).read_text())
     return Run(workdir=workdir, history=read_metrics(workdir), state=state, summary=summary)
+  (workdir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + '\n')
+  stats = data.load_or_compute_stats(exp.splits.train, workdir, config.data.stats_max_examples)
 
   train_step = exp.strategy.jit_train_step(
       steps.make_train_step(exp.model, exp.optimizer, config.optim))
@@ -146,6 +181,9 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = 
   save_every = config.checkpoint.every_steps or exp.steps_per_epoch
   monitor, mode = config.checkpoint.monitor, config.checkpoint.mode
   best_step, best, evaluation = None, {}, None
+  for record in read_metrics(workdir):  # A resumed run remembers the best evaluation before it.
+    if record['step'] <= start and monitor in record and _improved(record[monitor], best.get(monitor), mode):
+      best_step, best = record['step'], {k: v for k, v in record.items() if k.startswith('eval/')}
   writer = MetricWriter(workdir, exp.total_steps, start, config.train.progress_bar)
   started = time.time()
   pending, last_log = [], (start, time.time())

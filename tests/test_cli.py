@@ -60,6 +60,10 @@ BAD = [
     (['--config.data.batch_size=100000'], 'data.batch_size=100000 is larger than'),
     (['--config.data.validation_fraction=1.0'], 'data.validation_fraction'),
     (['--config.parallel.strategy=tpu'], "parallel.strategy='tpu' is not known"),
+    (['--config.model.bias_init=he_normal'], "model.bias_init='he_normal' needs a weight matrix"),
+    (['--config.checkpoint.monitor=eval/acc'], "checkpoint.monitor='eval/acc' is out of range"),
+    (['--config.model.features=(16,)'], 'holds a run with model.features=[32, 64], this config has [16]'),
+    (['--config.seed=1'], 'holds a run with seed=0'),
     (['--mode=dance'], "--mode='dance' is not known; choose one of: train, eval"),
     (['--config.data.name=mnist', '--config.data.data_dir=/nonexistent/tfds'],
      "data set 'mnist' is not prepared"),
@@ -76,6 +80,15 @@ def test_bad_input_exits_2_with_one_error_line_and_damages_nothing(trained, args
   errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
   assert len(errors) == 1, result.stderr
   assert message in errors[0]
+  assert snapshot(workdir) == before
+
+
+def test_rerunning_a_finished_run_with_other_settings_keeps_its_config(trained):
+  workdir, data_dir = trained
+  before = snapshot(workdir)
+  result = cli('--config', str(CONFIGS / 'digits_cnn.py'), *QUICK, '--config.optim.lr=0.5',
+               workdir=workdir, data_dir=data_dir)
+  assert result.returncode == 0, result.stderr
   assert snapshot(workdir) == before
 
 

@@ -58,6 +58,29 @@ def test_running_again_resumes_and_appends_without_duplicates(make_config, tmp_p
   assert again.summary == run.summary
 
 
+def test_best_evaluation_survives_a_resume(make_config, tmp_path):
+  config = make_config(**{'train.num_steps': 20, 'train.eval_every_steps': 5, 'model.norm': 'none',
+                          'model.dropout': 0.0, 'checkpoint.monitor': 'eval/accuracy',
+                          'checkpoint.mode': 'max'})
+  first = jaxtrain.fit(config, tmp_path)
+  records = [r for r in first.history if 'eval/accuracy' in r]
+  best = max(records, key=lambda r: r['eval/accuracy'])
+  assert first.summary['best_step'] == best['step']
+  # At lr=1e-9 (no BatchNorm statistics, no dropout) steps 21-25 change nothing: their evaluation ties
+  # with step 20's at best, so the best found before the resume must stay.
+  config.train.num_steps, config.optim.lr = 25, 1e-9
+  resumed = jaxtrain.fit(config, tmp_path)
+  assert resumed.summary['best_step'] == best['step']
+  assert resumed.summary['best']['eval/accuracy'] == best['eval/accuracy']
+
+
+def test_bias_init_auto_means_zeros_and_a_small_validation_fraction_is_kept(make_config):
+  run = jaxtrain.fit(make_config(**{'train.num_steps': 2, 'model.bias_init': 'auto',
+                                    'model.norm': 'none', 'data.validation_fraction': 0.0001}))
+  assert run.summary['steps'] == 2
+  assert data.load(make_config(**{'data.validation_fraction': 0.0001})).eval_name == 'validation'
+
+
 def test_resumed_run_matches_an_uninterrupted_one(make_config, tmp_path):
   """Data order and dropout randomness are functions of the step: a run that lost its last checkpoint
   and resumed from step 15 ends bit-identical to one that never stopped."""

@@ -76,7 +76,8 @@ def load(config) -> Splits:
         f'data set {config.data.name!r} is not prepared in {directory!r}; prepare it once with '
         f'tfds.builder({config.data.name!r}, data_dir={directory!r}, file_format="array_record")'
         '.download_and_prepare() or point data.data_dir at a folder that has it') from e
-  num_val = round(config.data.validation_fraction * len(train))
+  fraction = config.data.validation_fraction
+  num_val = max(1, round(fraction * len(train))) if fraction > 0 else 0
   if num_val > 0:
     num_train = len(train) - num_val
     train, evaluation = (builder.as_data_source(split=f'train[:{num_train}]'),

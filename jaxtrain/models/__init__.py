@@ -13,7 +13,7 @@ def _common(cfg) -> dict:
   return dict(
       features=tuple(cfg.features),
       kernel_init=layers.initializer(cfg.kernel_init, 'model.kernel_init', cfg.activation),
-      bias_init=layers.initializer(cfg.bias_init, 'model.bias_init', cfg.activation),
+      bias_init=layers.bias_initializer(cfg.bias_init),
       activation=cfg.activation, norm=cfg.norm, dropout=cfg.dropout)
 
 

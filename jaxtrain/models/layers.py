@@ -88,6 +88,20 @@ def initializer(spec: str, key: str, activation: str = 'relu'):
   return factory(value)
 
 
+# Initializers that draw from a weight matrix's fan-in/fan-out or need two dimensions: not for biases.
+_MATRIX_ONLY = ('glorot', 'xavier', 'he_', 'kaiming', 'lecun', 'orthogonal')
+
+
+def bias_initializer(spec: str):
+  """Like `initializer` for 1-D biases: 'auto' means zeros; fan-based initializers are rejected."""
+  if spec == 'auto':
+    spec = 'zeros'
+  if spec.strip().startswith(_MATRIX_ONLY):
+    raise ConfigError(f'model.bias_init={spec!r} needs a weight matrix; biases take zeros, ones, '
+                      'constant(v), normal(std), truncated_normal(std), uniform(scale) or auto')
+  return initializer(spec, 'model.bias_init')
+
+
 def check_activation(name: str) -> None:
   lookup(ACTIVATIONS, 'model.activation', name)
 
