@@ -30,7 +30,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.eval_batch_size = 256
   c.data.validation_fraction = 0.0  # Carved from the end of the train split; eval/ uses it when > 0.
   c.data.stats_max_examples = 50_000  # Normalization statistics use at most this many training examples.
-  c.data.prefetch = 2  # Batches placed on the device ahead of the step that needs them.
+  c.data.prefetch = 2  # Chunks of batches placed on the device ahead of the steps that need them.
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'cnn'

@@ -169,13 +169,15 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = 
   (workdir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + '\n')
   stats = data.load_or_compute_stats(exp.splits.train, workdir, config.data.stats_max_examples)
 
-  train_step = exp.strategy.jit_train_step(
+  train_step = exp.strategy.jit_chunk_train_step(
       steps.make_train_step(exp.model, exp.optimizer, config.optim))
   eval_step = exp.strategy.jit_eval_step(steps.make_eval_step(exp.model))
   eval_data = data.eval_batches(exp.splits.eval, stats, config.data.eval_batch_size)
   train_data = data.train_batches(exp.splits.train, stats, config.data.batch_size, config.seed)
-  batches = data.prefetch(data.iterate(train_data, start), exp.strategy.place_batch,
-                          config.data.prefetch)
+  per_chunk = data.chunk_steps(train_data[0])
+  chunks = data.prefetch(data.iterate(data.chunked(train_data, per_chunk), start // per_chunk),
+                         exp.strategy.place_chunk, config.data.prefetch)
+  chunk = None
 
   eval_every = config.train.eval_every_steps or exp.steps_per_epoch
   save_every = config.checkpoint.every_steps or exp.steps_per_epoch
@@ -189,7 +191,10 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = 
   pending, last_log = [], (start, time.time())
   try:
     for step in range(start + 1, exp.total_steps + 1):
-      state, metrics = train_step(state, next(batches))
+      index = step - 1  # Of the batch, in the endless train stream.
+      if chunk is None or index % per_chunk == 0:
+        chunk = next(chunks)
+      state, metrics = train_step(state, chunk, np.int32(index % per_chunk))
       pending.append(metrics)
       writer.advance(1)
       if step == start + 1:
@@ -217,7 +222,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = 
     writer.write({'step': exp.total_steps, 'epoch': exp.total_steps / exp.steps_per_epoch,
                   **{k: v for k, v in final.items() if k.startswith('test/')}})
   finally:
-    batches.close()
+    chunks.close()
     writer.close()
     ckpt.close()
 

@@ -32,6 +32,11 @@ class Strategy:
     return NamedSharding(self.mesh, P('data'))
 
   @property
+  def chunk_sharded(self) -> NamedSharding:
+    """Chunks of batches, (steps, batch, ...): each batch split across the data axis."""
+    return NamedSharding(self.mesh, P(None, 'data'))
+
+  @property
   def num_devices(self) -> int:
     return self.mesh.size
 
@@ -44,12 +49,25 @@ class Strategy:
     return jax.jit(train_step, in_shardings=(self.replicated, self.data_sharded),
                    out_shardings=(self.replicated, self.replicated), donate_argnums=0)
 
+  def jit_chunk_train_step(self, train_step):
+    """The train step fed from a chunk of batches on the device: `(state, chunk, k)` trains on `chunk[k]`.
+
+    One transfer then serves several steps (see `data.chunk_steps`); the slice happens inside the jit.
+    """
+    def step_on_chunk(state, chunk, k):
+      return train_step(state, jax.tree.map(lambda x: x[k], chunk))
+    return jax.jit(step_on_chunk, in_shardings=(self.replicated, self.chunk_sharded, self.replicated),
+                   out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+
   def jit_eval_step(self, eval_step):
     return jax.jit(eval_step, in_shardings=(self.replicated, self.data_sharded),
                    out_shardings=self.replicated)
 
   def place_batch(self, batch: dict) -> dict:
     return jax.device_put(batch, self.data_sharded)
+
+  def place_chunk(self, chunk: dict) -> dict:
+    return jax.device_put(chunk, self.chunk_sharded)
 
 
 def make(parallel_config, batch_sizes: dict[str, int]) -> Strategy:

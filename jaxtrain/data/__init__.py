@@ -2,6 +2,8 @@
 
 from jaxtrain.data.pipeline import (
     STATS_FILE,
+    chunk_steps,
+    chunked,
     compute_stats,
     eval_batches,
     iterate,
@@ -11,5 +13,5 @@ from jaxtrain.data.pipeline import (
 )
 from jaxtrain.data.sources import DATASETS, Splits, load, read
 
-__all__ = ['DATASETS', 'STATS_FILE', 'Splits', 'compute_stats', 'eval_batches', 'iterate', 'load',
-           'load_or_compute_stats', 'prefetch', 'read', 'train_batches']
+__all__ = ['DATASETS', 'STATS_FILE', 'Splits', 'chunk_steps', 'chunked', 'compute_stats', 'eval_batches',
+           'iterate', 'load', 'load_or_compute_stats', 'prefetch', 'read', 'train_batches']
