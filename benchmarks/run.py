@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import jaxtrain  # noqa: E402
@@ -205,26 +206,28 @@ class Bench:
     strategy = parallel.make(config.parallel, {'data.batch_size': self.batch_size})
     create = functools.partial(state_lib.create, self.model, optimizer.tx, self.splits.image_shape,
                                config.seed)
-    train_step = strategy.jit_train_step(steps.make_train_step(self.model, optimizer, config.optim))
-    return strategy, functools.partial(strategy.create_state, create), train_step
+    step = steps.make_train_step(self.model, optimizer, config.optim)
+    return (strategy, functools.partial(strategy.create_state, create), strategy.jit_train_step(step),
+            strategy.jit_chunk_train_step(step))
 
   def jaxtrain_step(self, with_pipeline: bool) -> dict:
-    """jaxtrain's step over pre-placed batches, or fed by fit's input path (Grain + prefetch)."""
+    """jaxtrain's step over pre-placed batches, or fed like fit feeds it (chunks of batches placed by
+    the prefetch thread, each step slicing its batch inside the jit)."""
     if self._jaxtrain_step is None:
       self._jaxtrain_step = self._make_jaxtrain_step()
-    strategy, new_state, train_step = self._jaxtrain_step
-    if with_pipeline:
-      batches = data.prefetch(data.iterate(self.train_data), strategy.place_batch,
-                              self.config.data.prefetch)
-      name = 'jaxtrain_step_with_pipeline'
-    else:
+    strategy, new_state, train_step, chunk_train_step = self._jaxtrain_step
+    if not with_pipeline:
       batches = [strategy.place_batch(b) for b in self.device_batches]
-      name = 'jaxtrain_step'
+      return self._time_loop(train_step, new_state(), batches, 'jaxtrain_step')
+    per_chunk = data.chunk_steps(self.train_data[0])
+    chunks = data.prefetch(data.iterate(data.chunked(self.train_data, per_chunk)),
+                           strategy.place_chunk, self.config.data.prefetch)
+    items = ((chunk, np.int32(k)) for chunk in chunks for k in range(per_chunk))
     try:
-      return self._time_loop(train_step, new_state(), batches, name)
+      return self._time_loop(lambda state, item: chunk_train_step(state, *item), new_state(), items,
+                             'jaxtrain_step_with_pipeline')
     finally:
-      if with_pipeline:
-        batches.close()  # Stops the prefetch thread.
+      chunks.close()  # Stops the prefetch thread.
 
   def _time_loop(self, train_step, state, batches, name: str) -> dict:
     """Compiles, warms up, then times `num_steps` steps with one sync at the end, none per step."""
@@ -252,9 +255,9 @@ class Bench:
             f'{name}_first_step_s': first}
 
   def pipeline(self, num_batches: int) -> dict:
-    """Host time per batch of fit's train input alone (Grain read, decode, shuffle, normalize)."""
+    """Host time per batch of fit's train input alone (gather from the in-memory split, normalize)."""
     batches = data.iterate(self.train_data)
-    next(batches)  # Starts the read threads.
+    next(batches)
     started = time.perf_counter()
     for _ in range(num_batches):
       next(batches)
