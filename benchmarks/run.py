@@ -207,7 +207,7 @@ class Bench:
     create = functools.partial(state_lib.create, self.model, optimizer.tx, self.splits.image_shape,
                                config.seed)
     step = steps.make_train_step(self.model, optimizer, config.optim)
-    return (strategy, functools.partial(strategy.create_state, create), strategy.jit_train_step(step),
+    return (strategy, strategy.jit_create_state(create), strategy.jit_train_step(step),
             strategy.jit_chunk_train_step(step))
 
   def jaxtrain_step(self, with_pipeline: bool) -> dict:

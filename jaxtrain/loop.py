@@ -11,6 +11,7 @@ import logging
 import pathlib
 import tempfile
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -47,21 +48,45 @@ class Run:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Program:
+  """What a run compiles: the model, its optimizer and the jitted functions."""
+
+  model: object
+  optimizer: optim.Optimizer
+  create_state: Callable  # seed -> a fresh state, born on the devices.
+  train_step: Callable  # (state, chunk, k) -> (state, metrics), trained on chunk[k].
+  eval_step: Callable  # (state, padded batch) -> sums.
+
+
+@functools.lru_cache(maxsize=8)
+def _program(model_config: ml_collections.FrozenConfigDict, optim_config: ml_collections.FrozenConfigDict,
+             num_classes: int, image_shape: tuple[int, ...], total_steps: int,
+             strategy: parallel.Strategy) -> _Program:
+  """Cached by its inputs, so fitting the same model again in one process (a re-run notebook cell, another
+  seed) reuses the jitted functions and compiles nothing."""
+  model = models.build(model_config, num_classes)
+  optimizer = optim.build(optim_config, total_steps)
+  return _Program(
+      model=model, optimizer=optimizer,
+      create_state=strategy.jit_create_state(
+          functools.partial(state_lib.create, model, optimizer.tx, image_shape)),
+      train_step=strategy.jit_chunk_train_step(steps.make_train_step(model, optimizer, optim_config)),
+      eval_step=strategy.jit_eval_step(steps.make_eval_step(model)))
+
+
+@dataclasses.dataclass(frozen=True)
 class _Experiment:
   """The pieces of a run, built and validated from its config."""
 
   config: ml_collections.ConfigDict
   splits: data.Splits
-  model: object
-  optimizer: optim.Optimizer
+  program: _Program
   strategy: parallel.Strategy
   steps_per_epoch: int
   total_steps: int
 
   def new_state(self):
-    create = functools.partial(state_lib.create, self.model, self.optimizer.tx,
-                               self.splits.image_shape, self.config.seed)
-    return self.strategy.create_state(create)
+    return self.program.create_state(self.config.seed)
 
 
 # Keys that define what a workdir's checkpoints and normalization.json are: a run resumes only with the same.
@@ -106,12 +131,13 @@ def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path | None) ->
         f'data.batch_size={config.data.batch_size} is larger than the {num_train} training '
         'examples; use a smaller batch')
   total = config_lib.total_steps(config, steps_per_epoch)
-  exp = _Experiment(
-      config=config, splits=splits, model=models.build(config.model, splits.num_classes),
-      optimizer=optim.build(config.optim, total),
-      strategy=parallel.make(config.parallel, {'data.batch_size': config.data.batch_size,
-                                               'data.eval_batch_size': config.data.eval_batch_size}),
-      steps_per_epoch=steps_per_epoch, total_steps=total)
+  strategy = parallel.make(config.parallel, {'data.batch_size': config.data.batch_size,
+                                             'data.eval_batch_size': config.data.eval_batch_size})
+  program = _program(ml_collections.FrozenConfigDict(config.model),
+                     ml_collections.FrozenConfigDict(config.optim), splits.num_classes,
+                     splits.image_shape, total, strategy)
+  exp = _Experiment(config=config, splits=splits, program=program, strategy=strategy,
+                    steps_per_epoch=steps_per_epoch, total_steps=total)
   if workdir:
     _check_resumable(config, workdir)
   return exp
@@ -169,9 +195,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = 
   (workdir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + '\n')
   stats = data.load_or_compute_stats(exp.splits.train, workdir, config.data.stats_max_examples)
 
-  train_step = exp.strategy.jit_chunk_train_step(
-      steps.make_train_step(exp.model, exp.optimizer, config.optim))
-  eval_step = exp.strategy.jit_eval_step(steps.make_eval_step(exp.model))
+  train_step, eval_step = exp.program.train_step, exp.program.eval_step
   eval_data = data.eval_batches(exp.splits.eval, stats, config.data.eval_batch_size)
   train_data = data.train_batches(exp.splits.train, stats, config.data.batch_size, config.seed)
   per_chunk = data.chunk_steps(train_data[0])
@@ -212,7 +236,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = 
         evaluation = _evaluate(eval_step, state, data.iterate(eval_data), exp.strategy, 'eval')
         writer.write({'step': step, 'epoch': epoch, **evaluation})
         state = state.replace(
-            opt_state=exp.optimizer.observe(state.opt_state, evaluation['eval/loss']))
+            opt_state=exp.program.optimizer.observe(state.opt_state, evaluation['eval/loss']))
         if monitor in evaluation and _improved(evaluation[monitor], best.get(monitor), mode):
           best_step, best = step, evaluation
       if config_lib.every(save_every, step, exp.total_steps):
@@ -259,6 +283,5 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
     raise config_lib.ConfigError(f'no checkpoint in {str(ckpt.directory)!r}; train first')
   state = ckpt.restore(jax.eval_shape(exp.new_state))
   ckpt.close()
-  eval_step = exp.strategy.jit_eval_step(steps.make_eval_step(exp.model))
-  metrics = _final_metrics(exp, eval_step, state, json.loads(stats_path.read_text()), None)
+  metrics = _final_metrics(exp, exp.program.eval_step, state, json.loads(stats_path.read_text()), None)
   return {'step': int(jax.device_get(state.step)), **metrics}

@@ -40,9 +40,9 @@ class Strategy:
   def num_devices(self) -> int:
     return self.mesh.size
 
-  def create_state(self, create_fn):
-    """Runs `create_fn` under jit so the state is born on its devices (no host copy)."""
-    return jax.jit(create_fn, out_shardings=self.replicated)()
+  def jit_create_state(self, create_fn):
+    """`create_fn` under jit, so the state is born on its devices (no host copy)."""
+    return jax.jit(create_fn, out_shardings=self.replicated)
 
   def jit_train_step(self, train_step):
     """The train step with the state donated: its buffers are reused for the new state."""

@@ -37,6 +37,24 @@ def test_fit_writes_the_documented_workdir(make_config, tmp_path):
   assert (tmp_path / 'plots' / 'curves.png').stat().st_size > 1000
 
 
+_COMPILES = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, **kwargs: _COMPILES.append(event)
+    if event == '/jax/core/compile/backend_compile_duration' else None)
+
+
+def test_a_second_fit_in_one_process_compiles_nothing(make_config, tmp_path):
+  """A re-run notebook cell (or another seed) reuses the compiled init, train and eval steps."""
+  jaxtrain.fit(make_config(**{'train.num_steps': 4, 'train.log_every_steps': 2}), tmp_path / 'a')
+  before = len(_COMPILES)
+  run = jaxtrain.fit(make_config(**{'train.num_steps': 4, 'train.log_every_steps': 2, 'seed': 7}),
+                     tmp_path / 'b')
+  assert run.summary['steps'] == 4
+  assert len(_COMPILES) == before
+  jaxtrain.fit(make_config(**{'train.num_steps': 4, 'model.features': (8,)}), tmp_path / 'c')
+  assert len(_COMPILES) > before  # Another model does compile: the counter works.
+
+
 def test_fit_does_not_change_the_callers_config_and_uses_a_temporary_workdir(make_config):
   config = make_config(**{'train.num_steps': 2, 'train.log_every_steps': 1})
   before = config.to_json()
