@@ -207,25 +207,27 @@ class Bench:
     create = functools.partial(state_lib.create, self.model, optimizer.tx, self.splits.image_shape,
                                config.seed)
     step = steps.make_train_step(self.model, optimizer, config.optim)
-    return (strategy, strategy.jit_create_state(create), strategy.jit_train_step(step),
-            strategy.jit_chunk_train_step(step))
+    return strategy, strategy.jit_create_state(create), strategy.jit_chunk_train_step(step)
 
   def jaxtrain_step(self, with_pipeline: bool) -> dict:
     """jaxtrain's step over pre-placed batches, or fed like fit feeds it (chunks of batches placed by
     the prefetch thread, each step slicing its batch inside the jit)."""
     if self._jaxtrain_step is None:
       self._jaxtrain_step = self._make_jaxtrain_step()
-    strategy, new_state, train_step, chunk_train_step = self._jaxtrain_step
+    strategy, new_state, chunk_train_step = self._jaxtrain_step
+    step_on_item = lambda state, item: chunk_train_step(state, *item)  # noqa: E731
     if not with_pipeline:
-      batches = [strategy.place_batch(b) for b in self.device_batches]
-      return self._time_loop(train_step, new_state(), batches, 'jaxtrain_step')
+      # One chunk holding the whole epoch, placed once: the step program with no transfer at all.
+      host = jax.device_get(self.device_batches)
+      epoch = strategy.place_chunk({k: np.stack([b[k] for b in host]) for k in host[0]})
+      items = [(epoch, np.int32(k)) for k in range(len(host))]
+      return self._time_loop(step_on_item, new_state(), items, 'jaxtrain_step')
     per_chunk = data.chunk_steps(self.train_data[0])
     chunks = data.prefetch(data.iterate(data.chunked(self.train_data, per_chunk)),
                            strategy.place_chunk, self.config.data.prefetch)
     items = ((chunk, np.int32(k)) for chunk in chunks for k in range(per_chunk))
     try:
-      return self._time_loop(lambda state, item: chunk_train_step(state, *item), new_state(), items,
-                             'jaxtrain_step_with_pipeline')
+      return self._time_loop(step_on_item, new_state(), items, 'jaxtrain_step_with_pipeline')
     finally:
       chunks.close()  # Stops the prefetch thread.
 

@@ -93,20 +93,20 @@ def lookup(registry: Mapping | Collection[str], key: str, name: str):
   return registry[name] if isinstance(registry, Mapping) else name
 
 
-def flat_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
-  """All dotted leaf keys, e.g. ['seed', 'data.name', ...]."""
-  keys = []
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      keys += flat_keys(value, f'{prefix}{key}.')
+def flatten(tree: Mapping, prefix: str = '') -> dict:
+  """{'optim': {'lr': 0.1}} (a dict or ConfigDict) -> {'optim.lr': 0.1}."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, (Mapping, ml_collections.ConfigDict)):
+      flat.update(flatten(value, f'{prefix}{key}.'))
     else:
-      keys.append(prefix + key)
-  return keys
+      flat[prefix + key] = value
+  return flat
 
 
 def check_key(config: ml_collections.ConfigDict, key: str) -> None:
   """Raises a ConfigError with the closest known key when `key` is not in `config`."""
-  keys = flat_keys(config)
+  keys = list(flatten(config))
   sections = {k.rsplit('.', 1)[0] for k in keys if '.' in k}
   if key in keys or key in sections:
     return

@@ -94,23 +94,13 @@ _RUN_DEFINING = ('seed', 'model.', 'data.name', 'data.batch_size', 'data.validat
                  'data.stats_max_examples')
 
 
-def _flatten(tree: dict, prefix: str = '') -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[prefix + key] = value
-  return flat
-
-
 def _check_resumable(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
   """A workdir holding another run (other model, data or seed) is an error, not something to overwrite."""
   path = workdir / CONFIG_FILE
   if not path.exists() or not (workdir / checkpoint.CHECKPOINT_DIR).is_dir():
     return
-  before = _flatten(json.loads(path.read_text()))
-  now = _flatten(json.loads(json.dumps(config.to_dict())))
+  before = config_lib.flatten(json.loads(path.read_text()))
+  now = config_lib.flatten(json.loads(json.dumps(config.to_dict())))
   for key in sorted(now):
     if key.startswith(_RUN_DEFINING) and key in before and before[key] != now[key]:
       raise config_lib.ConfigError(
@@ -144,11 +134,11 @@ def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path | None) ->
 
 
 def _evaluate(eval_step, state, batches, strategy: parallel.Strategy, prefix: str) -> dict:
-  """Mean loss and accuracy over every example of a split (padding masked out)."""
+  """Mean loss and accuracy over every example of a split (padding masked out); one fetch at the end."""
   totals = None
   for batch in batches:
     sums = eval_step(state, strategy.place_batch(batch))
-    totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = float(totals['count'])
   return {f'{prefix}/loss': float(totals['loss']) / count,

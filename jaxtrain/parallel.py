@@ -44,11 +44,6 @@ class Strategy:
     """`create_fn` under jit, so the state is born on its devices (no host copy)."""
     return jax.jit(create_fn, out_shardings=self.replicated)
 
-  def jit_train_step(self, train_step):
-    """The train step with the state donated: its buffers are reused for the new state."""
-    return jax.jit(train_step, in_shardings=(self.replicated, self.data_sharded),
-                   out_shardings=(self.replicated, self.replicated), donate_argnums=0)
-
   def jit_chunk_train_step(self, train_step):
     """The train step fed from a chunk of batches on the device: `(state, chunk, k)` trains on `chunk[k]`.
 
