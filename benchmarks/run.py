@@ -223,7 +223,7 @@ class Bench:
       items = [(epoch, np.int32(k)) for k in range(len(host))]
       return self._time_loop(step_on_item, new_state(), items, 'jaxtrain_step')
     per_chunk = data.chunk_steps(self.train_data[0])
-    chunks = data.prefetch(data.iterate(data.chunked(self.train_data, per_chunk)),
+    chunks = data.prefetch(data.chunks(data.iterate(self.train_data), per_chunk),
                            strategy.place_chunk, self.config.data.prefetch)
     items = ((chunk, np.int32(k)) for chunk in chunks for k in range(per_chunk))
     try:

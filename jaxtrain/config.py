@@ -31,11 +31,16 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.validation_fraction = 0.0  # Carved from the end of the train split; eval/ uses it when > 0.
   c.data.stats_max_examples = 50_000  # Normalization statistics use at most this many training examples.
   c.data.prefetch = 2  # Chunks of batches placed on the device ahead of the steps that need them.
+  c.data.image_size = 224  # Side images of varying size (imagenet2012) are resized and centre-cropped to.
+  c.data.augment = 'none'  # On-device, per step: none|flip|crop|crop_flip|random_resized_crop.
+  c.data.crop_padding = 4  # crop, crop_flip: pad by this much, then crop back to the original size ...
+  c.data.crop_pad_mode = 'reflect'  # ... padding with reflect|zero.
+  c.data.crop_min_scale = 0.08  # random_resized_crop: smallest area fraction of a crop (ratio 3/4..4/3).
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'cnn'
-  c.model.features = (32, 64)  # Hidden widths (mlp) or channels per stage (cnn).
-  c.model.head_features = (128,)  # Dense layers between the pooled features and the classifier (cnn).
+  c.model.features = (32, 64)  # Hidden widths (mlp) or channels per stage (cnn, vgg) or level (unet).
+  c.model.head_features = (128,)  # Dense layers between the pooled features and the classifier (cnn, vgg).
   c.model.kernel_size = 3
   c.model.activation = 'relu'
   c.model.kernel_init = 'auto'
@@ -45,6 +50,20 @@ def defaults() -> ml_collections.ConfigDict:
   c.model.spatial_dropout = False  # Conv layers drop whole channels (Dropout2d) instead of single units.
   c.model.pooling = 'max'  # Downsampling after each conv stage.
   c.model.head_pooling = 'flatten'  # How the last feature map becomes a vector: flatten|avg|max|attention.
+  c.model.dtype = 'float32'  # Compute dtype: float32|bfloat16; parameters and logits stay float32.
+  c.model.stage_depths = (2, 2)  # vgg: convs per stage, one number per entry of model.features.
+  c.model.width = 64  # resnet: channels of the first stage, doubled per stage; vit: the token width.
+  c.model.stem = 'auto'  # resnet: cifar (3x3 conv) | imagenet (7x7/2 conv, max pool) | auto (by image side).
+  c.model.zero_init_residual = False  # resnet: each residual branch starts at zero (its last norm scale).
+  c.model.patch_size = 4  # vit: side of the square patches that become tokens.
+  c.model.num_layers = 6  # vit: encoder blocks.
+  c.model.num_heads = 4  # vit: attention heads; model.width must divide by it.
+  c.model.mlp_dim = 256  # vit: hidden width of each block's MLP (ViT-B: 3072 = 4 x width).
+  c.model.vit_pooling = 'token'  # vit: token (class token) | avg (mean of tokens) | attention.
+
+  c.task = ml_collections.ConfigDict()
+  c.task.name = 'classification'  # classification|binary|multilabel|regression|segmentation.
+  c.task.label_smoothing = 0.0  # Softmax/sigmoid targets move this fraction towards uniform.
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adam'
@@ -73,15 +92,43 @@ def defaults() -> ml_collections.ConfigDict:
   c.train.eval_every_steps = 0  # 0 = at the end of every epoch.
   c.train.log_every_steps = 50
   c.train.progress_bar = True  # Shown only when stdout is a terminal or a notebook.
+  c.train.nonfinite = 'halt'  # A non-finite loss or gradient: 'halt' (exit 1) or 'skip' the update.
+  c.train.max_consecutive_skips = 10  # 'skip' halts after this many non-finite steps in a row.
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 0  # 0 = at the end of every epoch.
-  c.checkpoint.keep = 3
+  c.checkpoint.epoch_end = False  # With every_steps > 0, also save at the end of every epoch.
+  c.checkpoint.keep = 3  # The newest checkpoints kept ...
+  c.checkpoint.keep_best = 1  # ... plus the best ones by `monitor` (saved at every evaluation that improves).
   c.checkpoint.monitor = 'eval/loss'  # The metric that picks `best_step` in summary.json.
   c.checkpoint.mode = 'min'
+  c.checkpoint.restore_from = ''  # A workdir or checkpoint folder to start from when this one has none.
+
+  c.early_stopping = ml_collections.ConfigDict()
+  c.early_stopping.monitor = 'eval/loss'
+  c.early_stopping.mode = 'min'
+  c.early_stopping.patience = 0  # Evaluations without an improvement of more than min_delta; 0 = off.
+  c.early_stopping.min_delta = 0.0
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.strategy = 'auto'
+
+  # --mode doctor: checks the model, data and optimizer before a long run (jaxtrain/diagnostics/doctor.py).
+  c.doctor = ml_collections.ConfigDict()
+  c.doctor.probe_examples = 256  # Training examples for the initial loss, gradients and activations.
+  c.doctor.overfit_steps = 100  # Steps on one batch (regularization off) that must memorize it.
+  c.doctor.flow_steps = 10  # Gradients and activations are measured at init and after this many steps.
+  c.doctor.lr_find_steps = 60  # Length of the doctor's short LR range test (lr_find.min_lr to max_lr).
+
+  # --mode lr_find: Leslie Smith's learning-rate range test (jaxtrain/diagnostics/lr_find.py).
+  c.lr_find = ml_collections.ConfigDict()
+  c.lr_find.min_lr = 1e-7
+  c.lr_find.max_lr = 10.0
+  c.lr_find.num_steps = 100  # The rate grows exponentially from min_lr to max_lr over these steps.
+  c.lr_find.smoothing = 0.9  # Of the loss's moving average; 0 = raw losses.
+  c.lr_find.diverge_factor = 4.0  # Stop once the smoothed loss exceeds this times its best.
+  c.lr_find.parallel = False  # True: num_parallel runs at fixed rates at once (vmapped), num_steps each.
+  c.lr_find.num_parallel = 8
   return c
 
 
@@ -161,16 +208,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Checks ranges and combinations; raises a ConfigError on the first mistake."""
   _check_range(config, ('data.batch_size', 'data.eval_batch_size', 'train.log_every_steps',
                         'checkpoint.keep', 'optim.cycles', 'model.kernel_size',
-                        'data.stats_max_examples', 'optim.plateau_patience'), lambda v: v >= 1,
+                        'data.stats_max_examples', 'optim.plateau_patience',
+                        'train.max_consecutive_skips'), lambda v: v >= 1,
                'it must be >= 1')
   _check_range(config, ('train.num_epochs', 'train.num_steps', 'train.eval_every_steps',
                         'checkpoint.every_steps', 'optim.warmup_steps', 'optim.weight_decay',
                         'optim.l1', 'optim.l2', 'optim.clip_norm', 'optim.clip_value',
-                        'data.prefetch'), lambda v: v >= 0,
+                        'data.prefetch', 'checkpoint.keep_best', 'early_stopping.patience',
+                        'early_stopping.min_delta'), lambda v: v >= 0,
                'it must be >= 0')
   _check_range(config, ('optim.lr',), lambda v: v > 0, 'the learning rate must be > 0')
   _check_range(config, ('model.dropout',), lambda v: 0 <= v < 1,
                'a dropout rate must be in [0, 1)')
+  _check_range(config, ('task.label_smoothing',), lambda v: 0 <= v < 1, 'it must be in [0, 1)')
+  _check_range(config, ('data.crop_min_scale',), lambda v: 0 < v <= 1, 'it must be in (0, 1]')
   _check_range(config, ('data.validation_fraction', 'optim.momentum', 'optim.beta1',
                         'optim.beta2', 'optim.decay'), lambda v: 0 <= v < 1, 'it must be in [0, 1)')
   _check_range(config, ('optim.decay_factor',), lambda v: 0 < v <= 1, 'it must be in (0, 1]')
@@ -179,10 +230,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_range(config, ('optim.decay_boundaries',),
                lambda b: all(0 < x < 1 for x in b) and list(b) == sorted(b),
                'give increasing fractions of training in (0, 1), e.g. (0.5, 0.75)')
-  _check_range(config, ('checkpoint.mode',), lambda m: m in ('min', 'max'),
+  _check_range(config, ('checkpoint.mode', 'early_stopping.mode'), lambda m: m in ('min', 'max'),
                "choose 'min' or 'max'")
-  _check_range(config, ('checkpoint.monitor',), lambda m: m in ('eval/loss', 'eval/accuracy'),
-               "choose 'eval/loss' or 'eval/accuracy'")
+  _check_range(config, ('checkpoint.monitor', 'early_stopping.monitor'),
+               lambda m: m in ('eval/loss', 'eval/accuracy'), "choose 'eval/loss' or 'eval/accuracy'")
+  _check_range(config, ('train.nonfinite',), lambda m: m in ('halt', 'skip'), "choose 'halt' or 'skip'")
+  if config.early_stopping.patience and not config.checkpoint.keep_best:
+    raise ConfigError('early_stopping.patience > 0 returns the best checkpoint, but checkpoint.keep_best=0 '
+                      'keeps none; set --config.checkpoint.keep_best=1')
+  _check_range(config, ('doctor.probe_examples', 'doctor.overfit_steps', 'doctor.flow_steps'),
+               lambda v: v >= 1, 'it must be >= 1')
+  _check_range(config, ('doctor.lr_find_steps', 'lr_find.num_steps', 'lr_find.num_parallel'),
+               lambda v: v >= 2, 'it must be >= 2')
+  _check_range(config, ('lr_find.min_lr',), lambda v: v > 0, 'it must be > 0')
+  _check_range(config, ('lr_find.max_lr',), lambda v: v > config.lr_find.min_lr,
+               f'it must be > lr_find.min_lr={config.lr_find.min_lr}')
+  _check_range(config, ('lr_find.smoothing',), lambda v: 0 <= v < 1, 'it must be in [0, 1)')
+  _check_range(config, ('lr_find.diverge_factor',), lambda v: v > 1, 'it must be > 1')
   if not config.model.features:
     raise ConfigError('model.features is empty; give at least one width, e.g. (32, 64)')
   if config.train.num_steps <= 0 and config.train.num_epochs <= 0:

@@ -19,10 +19,32 @@ def _in_notebook() -> bool:
   return 'ipykernel' in sys.modules
 
 
-class MetricWriter:
-  """Writes each logged dict `{'step', 'epoch', 'train/loss', ...}` to every sink at once."""
+def _kind(record: dict) -> tuple:
+  """What a record logs ('train', 'eval', 'test'...), so one step's train and eval records stay apart."""
+  return (record['step'], tuple(sorted({key.split('/')[0] for key in record if '/' in key})))
 
-  def __init__(self, workdir: pathlib.Path, total_steps: int, initial_step: int, progress_bar: bool):
+
+def _drop_partial_line(path: pathlib.Path) -> None:
+  """A process killed mid-write leaves half a line; cut it so the next record starts on its own line."""
+  if not path.exists() or path.stat().st_size == 0:
+    return
+  text = path.read_bytes()
+  if not text.endswith(b'\n'):
+    with path.open('r+b') as f:
+      f.truncate(text.rfind(b'\n') + 1)
+
+
+class MetricWriter:
+  """Writes each logged dict `{'step', 'epoch', 'train/loss', ...}` to every sink at once.
+
+  A resumed run replays the steps after its checkpoint bit-identically, so records already in `logged`
+  (the history read from metrics.jsonl) are not written again: the file gets no duplicated steps.
+  """
+
+  def __init__(self, workdir: pathlib.Path, total_steps: int, initial_step: int, progress_bar: bool,
+               logged: list[dict] = ()):
+    self._logged = {_kind(record) for record in logged}
+    _drop_partial_line(workdir / METRICS_FILE)
     self._jsonl = (workdir / METRICS_FILE).open('a')
     self._tb = SummaryWriter(str(workdir / 'tb'))
     show = progress_bar and (sys.stdout.isatty() or _in_notebook())
@@ -30,6 +52,8 @@ class MetricWriter:
                                dynamic_ncols=True, disable=not show)
 
   def write(self, record: dict) -> None:
+    if _kind(record) in self._logged:
+      return
     self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
     for key, value in record.items():
@@ -53,7 +77,13 @@ def read_metrics(workdir: pathlib.Path) -> list[dict]:
   path = workdir / METRICS_FILE
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  records = []
+  for line in path.read_text().splitlines():
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:  # Half a line from a killed process; MetricWriter cuts it.
+      continue
+  return records
 
 
 def _series(history: list[dict], key: str):

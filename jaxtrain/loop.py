@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxtrain import checkpoint, data, models, optim, parallel, steps
+from jaxtrain import checkpoint, data, models, monitor, optim, parallel, steps
 from jaxtrain import config as config_lib
 from jaxtrain import state as state_lib
 from jaxtrain.logging import MetricWriter, plot_history, read_metrics
@@ -60,7 +60,7 @@ class _Program:
 
 @functools.lru_cache(maxsize=8)
 def _program(model_config: ml_collections.FrozenConfigDict, optim_config: ml_collections.FrozenConfigDict,
-             num_classes: int, image_shape: tuple[int, ...], total_steps: int,
+             num_classes: int, image_shape: tuple[int, ...], total_steps: int, nonfinite: str,
              strategy: parallel.Strategy) -> _Program:
   """Cached by its inputs, so fitting the same model again in one process (a re-run notebook cell, another
   seed) reuses the jitted functions and compiles nothing."""
@@ -70,7 +70,8 @@ def _program(model_config: ml_collections.FrozenConfigDict, optim_config: ml_col
       model=model, optimizer=optimizer,
       create_state=strategy.jit_create_state(
           functools.partial(state_lib.create, model, optimizer.tx, image_shape)),
-      train_step=strategy.jit_chunk_train_step(steps.make_train_step(model, optimizer, optim_config)),
+      train_step=strategy.jit_chunk_train_step(
+          steps.make_train_step(model, optimizer, optim_config, nonfinite)),
       eval_step=strategy.jit_eval_step(steps.make_eval_step(model)))
 
 
@@ -125,12 +126,25 @@ def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path | None) ->
                                              'data.eval_batch_size': config.data.eval_batch_size})
   program = _program(ml_collections.FrozenConfigDict(config.model),
                      ml_collections.FrozenConfigDict(config.optim), splits.num_classes,
-                     splits.image_shape, total, strategy)
+                     splits.image_shape, total, config.train.nonfinite, strategy)
   exp = _Experiment(config=config, splits=splits, program=program, strategy=strategy,
                     steps_per_epoch=steps_per_epoch, total_steps=total)
-  if workdir:
+  abstract_state = jax.eval_shape(exp.new_state)
+  if workdir and (workdir / checkpoint.CHECKPOINT_DIR).is_dir():
+    _read_only(workdir / checkpoint.CHECKPOINT_DIR, config).check_fits(abstract_state)
     _check_resumable(config, workdir)
+  if config.checkpoint.restore_from:
+    source = checkpoint.checkpoint_dir(config.checkpoint.restore_from)
+    if not source.is_dir() or not _read_only(source, config).steps():
+      raise config_lib.ConfigError(
+          f'checkpoint.restore_from={config.checkpoint.restore_from!r} holds no checkpoint; '
+          'give a workdir or its checkpoints folder')
+    _read_only(source, config).check_fits(abstract_state)
   return exp
+
+
+def _read_only(directory: pathlib.Path, config) -> checkpoint.Checkpointer:
+  return checkpoint.Checkpointer(directory, config.checkpoint, read_only=True)
 
 
 def _evaluate(eval_step, state, batches, strategy: parallel.Strategy, prefix: str) -> dict:
@@ -145,8 +159,8 @@ def _evaluate(eval_step, state, batches, strategy: parallel.Strategy, prefix: st
           f'{prefix}/accuracy': float(totals['accuracy']) / count}
 
 
-def _improved(value: float, best: float | None, mode: str) -> bool:
-  return best is None or (value < best if mode == 'min' else value > best)
+class NonFiniteError(RuntimeError):
+  """A run halted on a non-finite loss or gradient; the CLI exits 1 with its message."""
 
 
 @jax.jit
@@ -158,91 +172,169 @@ def _mean_metrics(pending: list[dict]) -> dict:
   """Averages the device metrics of the steps since the last log: the loop's only host sync.
 
   One jitted reduction and one transfer; fetching each step's scalars separately costs ~4% of a CPU run.
+  `skipped` (1 for a step whose update was dropped) is reported as a count over the window.
   """
-  return {f'train/{k}': float(v) for k, v in jax.device_get(_stack_mean(pending)).items()}
+  means = jax.device_get(_stack_mean(pending))
+  means['skipped'] = means['skipped'] * len(pending)
+  return {f'train/{k}': float(v) for k, v in means.items()}
+
+
+def _check_finite(exp: _Experiment, state, train_data, ckpt: checkpoint.Checkpointer) -> None:
+  """Raises NonFiniteError when the run must halt; called only where the loop syncs anyway.
+
+  Under 'halt' the train step froze the state just before the bad step, so that step (its batch and its
+  dropout key) is re-run here to name the first parameter whose gradient is not finite.
+  """
+  skips, done = (int(x) for x in jax.device_get((state.skips, state.step)))
+  nonfinite = exp.config.train.nonfinite
+  if skips == 0 or (nonfinite == 'skip' and skips < exp.config.train.max_consecutive_skips):
+    return
+  index = done if nonfinite == 'halt' else done - 1  # The failing step's batch index (= its state.step).
+  check = steps.make_gradient_check(exp.program.model, exp.config.optim)
+  loss, finite = jax.device_get(check(state.replace(step=jnp.int32(index)),
+                                      exp.strategy.place_batch(train_data[index])))
+  bad = [path for path, ok in finite.items() if not ok]
+  what = (f'the gradient of {bad[0]} is the first that is not finite' if bad
+          else 'the gradient norm overflowed' if np.isfinite(loss) else 'the loss is not finite')
+  saved = ckpt.steps()
+  last = f'the last good checkpoint is step {saved[-1]} in {ckpt.directory}' if saved else 'no checkpoint'
+  streak = f'{skips} non-finite steps in a row (train.max_consecutive_skips); ' if nonfinite == 'skip' else ''
+  raise NonFiniteError(
+      f'training halted at step {index + 1}: {streak}loss={float(loss):.4g}, {what}; {last}. Try a lower '
+      'optim.lr, optim.clip_norm=1.0, or --config.train.nonfinite=skip to drop such updates')
+
+
+def _save(ckpt: checkpoint.Checkpointer, state, meta: dict, metrics: dict | None = None) -> None:
+  ckpt.save(state, data.stream_state(int(jax.device_get(state.step))), meta, metrics)
 
 
 def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = None) -> Run:
-  """Trains (or resumes) the configured run in `workdir` (a temporary directory when None)."""
+  """Trains the configured run in `workdir` (a temporary directory when None), resuming from its newest
+  readable checkpoint (or `checkpoint.restore_from`) when there is one.
+
+  SIGTERM or SIGINT finishes the current step, saves and raises checkpoint.Preempted; a non-finite loss
+  raises NonFiniteError under train.nonfinite='halt'. With early stopping the returned state is the best.
+  """
   workdir = pathlib.Path(workdir) if workdir else None
   exp = _prepare(config, workdir)
   abstract_state = jax.eval_shape(exp.new_state)
   workdir = workdir or pathlib.Path(tempfile.mkdtemp(prefix='jaxtrain-'))
   workdir.mkdir(parents=True, exist_ok=True)
-  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint.keep)
-  if ckpt.latest_step() is None:
-    state = exp.new_state()
-  else:
-    state = ckpt.restore(abstract_state)
-    log.info('Resuming from step %d in %s', int(state.step), workdir)
-  log.info('Model %s with %d parameters', config.model.name, state_lib.num_params(state.params))
-  start = int(jax.device_get(state.step))
-  if start >= exp.total_steps and (workdir / SUMMARY_FILE).exists():
+  ckpt = checkpoint.Checkpointer(workdir / checkpoint.CHECKPOINT_DIR, config.checkpoint)
+  try:
+    restored = ckpt.restore(abstract_state)
+    if restored is None and config.checkpoint.restore_from:
+      source = _read_only(checkpoint.checkpoint_dir(config.checkpoint.restore_from), config)
+      restored = source.restore(abstract_state)
+      source.close()
+      if restored is None:
+        raise config_lib.ConfigError(
+            f'no readable checkpoint in checkpoint.restore_from={config.checkpoint.restore_from!r}')
+    return _train(exp, workdir, ckpt, restored, abstract_state)
+  finally:
     ckpt.close()
-    log.info('%s is already trained to step %d; nothing to do', workdir, start)
-    summary = json.loads((workdir / SUMMARY_FILE).read_text())
-    return Run(workdir=workdir, history=read_metrics(workdir), state=state, summary=summary)
+
+
+def _train(exp: _Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkpointer,
+           restored: checkpoint.Restored | None, abstract_state) -> Run:
+  config = exp.config
+  state = restored.state if restored else exp.new_state()
+  start = restored.step if restored else 0
+  if restored:
+    log.info('Resuming from step %d in %s', start, workdir)
+  log.info('Model %s with %d parameters', config.model.name, state_lib.num_params(state.params))
+  history = read_metrics(workdir)
+  summary_path = workdir / SUMMARY_FILE
+  if summary_path.exists():
+    summary = json.loads(summary_path.read_text())
+    if summary.get('steps') == start and (start >= exp.total_steps or summary.get('stopped_early')):
+      log.info('%s is already trained to step %d; nothing to do', workdir, start)
+      if summary.get('stopped_early') and summary.get('best_step') in ckpt.steps():
+        state = ckpt.restore(abstract_state, summary['best_step']).state
+      return Run(workdir=workdir, history=history, state=state, summary=summary)
   (workdir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + '\n')
   stats = data.load_or_compute_stats(exp.splits.train, workdir, config.data.stats_max_examples)
+  meta = {'config': config.to_dict(), 'normalization': stats}
 
   train_step, eval_step = exp.program.train_step, exp.program.eval_step
   eval_data = data.eval_batches(exp.splits.eval, stats, config.data.eval_batch_size)
   train_data = data.train_batches(exp.splits.train, stats, config.data.batch_size, config.seed)
   per_chunk = data.chunk_steps(train_data[0])
-  chunks = data.prefetch(data.iterate(data.chunked(train_data, per_chunk), start // per_chunk),
-                         exp.strategy.place_chunk, config.data.prefetch)
-  chunk = None
+  stream = data.train_iterator(train_data, restored.data if restored else data.stream_state(0))
+  chunks = data.prefetch(data.chunks(stream, per_chunk), exp.strategy.place_chunk, config.data.prefetch)
+  chunk, in_chunk = None, per_chunk
 
   eval_every = config.train.eval_every_steps or exp.steps_per_epoch
   save_every = config.checkpoint.every_steps or exp.steps_per_epoch
-  monitor, mode = config.checkpoint.monitor, config.checkpoint.mode
-  best_step, best, evaluation = None, {}, None
-  for record in read_metrics(workdir):  # A resumed run remembers the best evaluation before it.
-    if record['step'] <= start and monitor in record and _improved(record[monitor], best.get(monitor), mode):
-      best_step, best = record['step'], {k: v for k, v in record.items() if k.startswith('eval/')}
-  writer = MetricWriter(workdir, exp.total_steps, start, config.train.progress_bar)
+  best = monitor.Best(config.checkpoint.monitor, config.checkpoint.mode).replay(history, start)
+  patience = config.early_stopping.patience
+  stopper = monitor.Best(config.early_stopping.monitor, config.early_stopping.mode,
+                         config.early_stopping.min_delta).replay(history, start)
+  writer = MetricWriter(workdir, exp.total_steps, start, config.train.progress_bar, history)
   started = time.time()
-  pending, last_log = [], (start, time.time())
+  pending, last_log, evaluation, stopped_early = [], (start, time.time()), None, False
   try:
-    for step in range(start + 1, exp.total_steps + 1):
-      index = step - 1  # Of the batch, in the endless train stream.
-      if chunk is None or index % per_chunk == 0:
-        chunk = next(chunks)
-      state, metrics = train_step(state, chunk, np.int32(index % per_chunk))
-      pending.append(metrics)
-      writer.advance(1)
-      if step == start + 1:
-        jax.block_until_ready(metrics)
-        log.info('First step (compilation included) took %.1fs', time.time() - started)
-        last_log = (step, time.time())
-      epoch = step / exp.steps_per_epoch
-      if config_lib.every(config.train.log_every_steps, step, exp.total_steps):
-        record = {'step': step, 'epoch': epoch, **_mean_metrics(pending)}
-        if step > last_log[0]:
-          record['train/steps_per_sec'] = (step - last_log[0]) / (time.time() - last_log[1])
-        writer.write(record)
-        pending, last_log = [], (step, time.time())
-      if config_lib.every(eval_every, step, exp.total_steps):
-        evaluation = _evaluate(eval_step, state, data.iterate(eval_data), exp.strategy, 'eval')
-        writer.write({'step': step, 'epoch': epoch, **evaluation})
-        state = state.replace(
-            opt_state=exp.program.optimizer.observe(state.opt_state, evaluation['eval/loss']))
-        if monitor in evaluation and _improved(evaluation[monitor], best.get(monitor), mode):
-          best_step, best = step, evaluation
-      if config_lib.every(save_every, step, exp.total_steps):
-        ckpt.save(state)
+    with checkpoint.StopRequests() as stop:
+      for step in range(start + 1, exp.total_steps + 1):
+        if in_chunk == per_chunk:
+          chunk, in_chunk = next(chunks), 0
+        state, metrics = train_step(state, chunk, np.int32(in_chunk))
+        in_chunk += 1
+        pending.append(metrics)
+        writer.advance(1)
+        if step == start + 1:
+          jax.block_until_ready(metrics)
+          log.info('First step (compilation included) took %.1fs', time.time() - started)
+          last_log = (step, time.time())
+        epoch = step / exp.steps_per_epoch
+        evaluate = config_lib.every(eval_every, step, exp.total_steps)
+        save = (config_lib.every(save_every, step, exp.total_steps) or stop.signum is not None
+                or (config.checkpoint.epoch_end and step % exp.steps_per_epoch == 0))
+        if config_lib.every(config.train.log_every_steps, step, exp.total_steps) or evaluate or save:
+          _check_finite(exp, state, train_data, ckpt)
+        if config_lib.every(config.train.log_every_steps, step, exp.total_steps):
+          record = {'step': step, 'epoch': epoch, **_mean_metrics(pending)}
+          if step > last_log[0]:
+            record['train/steps_per_sec'] = (step - last_log[0]) / (time.time() - last_log[1])
+          writer.write(record)
+          pending, last_log = [], (step, time.time())
+        evaluation = None
+        if evaluate:
+          evaluation = _evaluate(eval_step, state, data.iterate(eval_data), exp.strategy, 'eval')
+          writer.write({'step': step, 'epoch': epoch, **evaluation})
+          state = state.replace(
+              opt_state=exp.program.optimizer.observe(state.opt_state, evaluation['eval/loss']))
+          # Every improving evaluation is saved so the best state survives (keep_best) and can be returned.
+          save |= best.update(step, evaluation) and config.checkpoint.keep_best > 0
+          stopper.update(step, evaluation)
+          stopped_early = bool(patience) and stopper.since >= patience
+        if save or stopped_early:
+          _save(ckpt, state, meta, evaluation)
+        if stop.signum is not None:
+          ckpt.wait()
+          raise checkpoint.Preempted(step, workdir, stop.signum)
+        if stopped_early:
+          log.info('Early stopping at step %d: %s has not improved by more than %g for %d evaluations; '
+                   'returning the best state, step %d', step, stopper.metric, stopper.min_delta, patience,
+                   best.step)
+          break
 
+    steps_done = int(jax.device_get(state.step))
+    if stopped_early and best.step != steps_done:
+      ckpt.wait()
+      state, evaluation = ckpt.restore(abstract_state, best.step).state, None
     final = _final_metrics(exp, eval_step, state, stats, evaluation)
-    writer.write({'step': exp.total_steps, 'epoch': exp.total_steps / exp.steps_per_epoch,
+    writer.write({'step': steps_done, 'epoch': steps_done / exp.steps_per_epoch,
                   **{k: v for k, v in final.items() if k.startswith('test/')}})
   finally:
     chunks.close()
     writer.close()
-    ckpt.close()
 
-  summary = {'steps': int(jax.device_get(state.step)), 'wall_s': time.time() - started,
-             'best_step': best_step, 'best': best, 'final': final}
-  (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + '\n')
+  summary = {'steps': steps_done, 'wall_s': time.time() - started, 'best_step': best.step,
+             'best': best.record, 'final': final}
+  if stopped_early:
+    summary['stopped_early'] = True
+  summary_path.write_text(json.dumps(summary, indent=2) + '\n')
   return Run(workdir=workdir, history=read_metrics(workdir), state=state, summary=summary)
 
 
@@ -268,10 +360,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
   stats_path = workdir / data.STATS_FILE
   if not (workdir / checkpoint.CHECKPOINT_DIR).is_dir() or not stats_path.exists():
     raise config_lib.ConfigError(f'no trained run in {str(workdir)!r}; train it first with --mode train')
-  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint.keep, read_only=True)
-  if ckpt.latest_step() is None:
-    raise config_lib.ConfigError(f'no checkpoint in {str(ckpt.directory)!r}; train first')
-  state = ckpt.restore(jax.eval_shape(exp.new_state))
+  ckpt = _read_only(workdir / checkpoint.CHECKPOINT_DIR, config)
+  restored = ckpt.restore(jax.eval_shape(exp.new_state))
   ckpt.close()
+  if restored is None:
+    raise config_lib.ConfigError(f'no readable checkpoint in {str(ckpt.directory)!r}; train first')
+  state = restored.state
   metrics = _final_metrics(exp, exp.program.eval_step, state, json.loads(stats_path.read_text()), None)
   return {'step': int(jax.device_get(state.step)), **metrics}

@@ -13,8 +13,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from jaxtrain import checkpoint, loop
 from jaxtrain import config as config_lib
-from jaxtrain import loop
 
 MODES = ('train', 'eval')
 
@@ -71,6 +71,12 @@ def main(argv: list[str]) -> None:
       print(json.dumps(loop.evaluate(_CONFIG.value, workdir)))
   except config_lib.ConfigError as e:
     _fail(str(e))
+  except loop.NonFiniteError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  except checkpoint.Preempted as e:
+    print(f'{e}.', file=sys.stderr)
+    sys.exit(128 + e.signum)  # The shell's code for "ended by this signal": `train && next` stops here.
 
 
 def run() -> None:

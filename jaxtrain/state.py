@@ -13,6 +13,7 @@ class TrainState:
   """Everything a step reads and writes. `batch_stats` is {} for models without BatchNorm.
 
   `rng` is the run's base key; step `s` uses `fold_in(rng, s)`, so a resumed run draws the same numbers.
+  `skips` counts the consecutive steps whose update was dropped for a non-finite loss or gradient.
   """
 
   step: jax.Array
@@ -20,6 +21,7 @@ class TrainState:
   opt_state: Any
   batch_stats: Any
   rng: jax.Array
+  skips: jax.Array
 
 
 def create(model, tx: optax.GradientTransformation, image_shape: tuple[int, ...], seed: int):
@@ -28,7 +30,7 @@ def create(model, tx: optax.GradientTransformation, image_shape: tuple[int, ...]
   variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
   params = variables['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    batch_stats=variables.get('batch_stats', {}), rng=rng)
+                    batch_stats=variables.get('batch_stats', {}), rng=rng, skips=jnp.zeros((), jnp.int32))
 
 
 def variables(state: TrainState) -> dict:

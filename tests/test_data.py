@@ -89,10 +89,12 @@ def test_chunks_stack_consecutive_batches_and_shrink_for_large_batches(make_conf
   batches = data.train_batches(splits.train, stats, 32, seed=0)
   per_chunk = data.chunk_steps(batches[0])
   assert per_chunk == 16  # 32 digits are 8 KiB: small batches travel 16 steps at a time.
-  chunk = data.chunked(batches, per_chunk)[3]  # Steps 48..63.
+  stream = data.chunks(data.train_iterator(batches, data.stream_state(48)), per_chunk)
+  chunk = next(stream)  # Steps 48..63.
   assert chunk['image'].shape == (16, 32, 8, 8, 1)
   np.testing.assert_array_equal(chunk['image'][5], batches[53]['image'])
   np.testing.assert_array_equal(chunk['label'][15], batches[63]['label'])
+  np.testing.assert_array_equal(next(stream)['label'][0], batches[64]['label'])
   large = {'image': np.zeros((256, 224, 224, 3), np.float32)}  # An ImageNet batch moves alone.
   assert data.chunk_steps(large) == 1
 

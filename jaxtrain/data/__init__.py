@@ -3,15 +3,18 @@
 from jaxtrain.data.pipeline import (
     STATS_FILE,
     chunk_steps,
-    chunked,
+    chunks,
     compute_stats,
     eval_batches,
     iterate,
     load_or_compute_stats,
     prefetch,
+    stream_state,
     train_batches,
+    train_iterator,
 )
 from jaxtrain.data.sources import DATASETS, Splits, load, read
 
-__all__ = ['DATASETS', 'STATS_FILE', 'Splits', 'chunk_steps', 'chunked', 'compute_stats', 'eval_batches',
-           'iterate', 'load', 'load_or_compute_stats', 'prefetch', 'read', 'train_batches']
+__all__ = ['DATASETS', 'STATS_FILE', 'Splits', 'chunk_steps', 'chunks', 'compute_stats', 'eval_batches',
+           'iterate', 'load', 'load_or_compute_stats', 'prefetch', 'read', 'stream_state', 'train_batches',
+           'train_iterator']

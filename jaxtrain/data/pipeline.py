@@ -49,8 +49,9 @@ def _normalizer(stats: dict) -> Callable[[dict], dict]:
   std = np.asarray(stats['std'], np.float32)
 
   def normalize(batch: dict) -> dict:
+    label = batch['label']  # Class ids (any shape: per-pixel for segmentation) or regression targets.
     return {'image': (batch['image'].astype(np.float32) - mean) / std,
-            'label': batch['label'].astype(np.int32)}
+            'label': label.astype(np.float32 if np.issubdtype(label.dtype, np.floating) else np.int32)}
   return normalize
 
 
@@ -88,12 +89,27 @@ def chunk_steps(batch: dict) -> int:
   return int(np.clip(_CHUNK_BYTES // max(size, 1), 1, _MAX_CHUNK_STEPS))
 
 
-def chunked(batches: grain.MapDataset, steps: int) -> grain.MapDataset:
-  """Item `j` stacks the batches of steps j*steps ... (j+1)*steps - 1 along a new leading axis."""
-  def chunk(index: int) -> dict:
-    items = [batches[index * steps + i] for i in range(steps)]
-    return {key: np.stack([item[key] for item in items]) for key in items[0]}
-  return grain.MapDataset.range(sys.maxsize).map(chunk)
+def stream_state(step: int) -> dict:
+  """The Grain iterator state of the train stream when `step` steps are done (checkpointed with the state).
+
+  The stream is step-indexed, so the state is a pure function of the step; it is still saved, in Grain's
+  own format, so a checkpoint says where its data stands without knowing how the loop counts.
+  """
+  return {'next_index': step}
+
+
+def train_iterator(batches: grain.MapDataset, state: dict) -> Iterator[dict]:
+  """Iterates the train stream from a Grain iterator state (`stream_state`, or one read from a checkpoint)."""
+  iterator = iter(batches.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
+  iterator.set_state(state)
+  return iterator
+
+
+def chunks(batches: Iterator[dict], steps: int) -> Iterator[dict]:
+  """Stacks each `steps` consecutive batches along a new leading axis, to move them in one transfer."""
+  while True:
+    items = [next(batches) for _ in range(steps)]
+    yield {key: np.stack([item[key] for item in items]) for key in items[0]}
 
 
 def eval_batches(split: dict, stats: dict, batch_size: int) -> grain.MapDataset:
