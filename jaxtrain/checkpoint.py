@@ -92,7 +92,7 @@ class Checkpointer:
     self.directory = pathlib.Path(directory).absolute()
     self._read_only = read_only
     options = ocp.CheckpointManagerOptions(
-        read_only=read_only, create=not read_only,
+        read_only=read_only, create=not read_only, cleanup_tmp_directories=not read_only,
         preservation_policy=None if read_only else _preservation(checkpoint_config))
     handlers = {'state': ocp.StandardCheckpointHandler(), 'data': ocp.JsonCheckpointHandler(),
                 'meta': ocp.JsonCheckpointHandler()}
@@ -107,7 +107,8 @@ class Checkpointer:
     step = int(jax.device_get(state.step))
     if step in self._manager.all_steps():
       return False
-    return self._manager.save(step, metrics=metrics, args=ocp.args.Composite(
+    # force: the loop decides when to save; orbax's own interval and in-progress checks must not skip it.
+    return self._manager.save(step, metrics=metrics, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
         meta=ocp.args.JsonSave({**meta, 'jaxtrain_version': version()})))
 

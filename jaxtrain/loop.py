@@ -194,7 +194,7 @@ def _check_finite(exp: _Experiment, state, train_data, ckpt: checkpoint.Checkpoi
   loss, finite = jax.device_get(check(state.replace(step=jnp.int32(index)),
                                       exp.strategy.place_batch(train_data[index])))
   bad = [path for path, ok in finite.items() if not ok]
-  what = (f'the gradient of {bad[0]} is the first that is not finite' if bad
+  what = (f'the gradient of params/{bad[0]} is the first that is not finite' if bad
           else 'the gradient norm overflowed' if np.isfinite(loss) else 'the loss is not finite')
   saved = ckpt.steps()
   last = f'the last good checkpoint is step {saved[-1]} in {ckpt.directory}' if saved else 'no checkpoint'
@@ -287,8 +287,9 @@ def _train(exp: _Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkpointe
           log.info('First step (compilation included) took %.1fs', time.time() - started)
           last_log = (step, time.time())
         epoch = step / exp.steps_per_epoch
+        preempted = stop.signum  # Read once: a signal may arrive at any line.
         evaluate = config_lib.every(eval_every, step, exp.total_steps)
-        save = (config_lib.every(save_every, step, exp.total_steps) or stop.signum is not None
+        save = (config_lib.every(save_every, step, exp.total_steps) or preempted is not None
                 or (config.checkpoint.epoch_end and step % exp.steps_per_epoch == 0))
         if config_lib.every(config.train.log_every_steps, step, exp.total_steps) or evaluate or save:
           _check_finite(exp, state, train_data, ckpt)
@@ -310,9 +311,9 @@ def _train(exp: _Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkpointe
           stopped_early = bool(patience) and stopper.since >= patience
         if save or stopped_early:
           _save(ckpt, state, meta, evaluation)
-        if stop.signum is not None:
+        if preempted is not None:
           ckpt.wait()
-          raise checkpoint.Preempted(step, workdir, stop.signum)
+          raise checkpoint.Preempted(step, workdir, preempted)
         if stopped_early:
           log.info('Early stopping at step %d: %s has not improved by more than %g for %d evaluations; '
                    'returning the best state, step %d', step, stopper.metric, stopper.min_delta, patience,
