@@ -240,6 +240,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       'keeps none; set --config.checkpoint.keep_best=1')
   _check_range(config, ('doctor.probe_examples', 'doctor.overfit_steps', 'doctor.flow_steps'),
                lambda v: v >= 1, 'it must be >= 1')
+  _check_range(config, ('doctor.flow_steps',), lambda v: v <= config.doctor.overfit_steps,
+               f'it must be <= doctor.overfit_steps={config.doctor.overfit_steps}')
   _check_range(config, ('doctor.lr_find_steps', 'lr_find.num_steps', 'lr_find.num_parallel'),
                lambda v: v >= 2, 'it must be >= 2')
   _check_range(config, ('lr_find.min_lr',), lambda v: v > 0, 'it must be > 0')

@@ -1,16 +1,20 @@
-"""Data sets by name, read from TFDS into memory: {'image': uint8 (n, H, W, C), 'label': int32 (n,)}.
+"""Data sets by name, read from TFDS into memory: {'image': uint8 (n, H, W, C), 'label': int32 (n, ...)}.
 
-The only module that talks to TFDS. Adding a data set means adding one entry to `DATASETS`; the validation
-split is carved here, deterministically, from the end of the train split. Splits are decoded once, which
-suits data sets up to a few GB (digits, MNIST, CIFAR); larger ones need a streaming pipeline.
+The only module that talks to TFDS. Adding a data set means adding one `Source` to `DATASETS`; the
+validation split is carved here, deterministically, from the end of the train split. Splits are decoded
+once, which suits data sets up to a few GB (digits, MNIST, CIFAR); ImageNet (~190 GB decoded at 224x224)
+needs a streaming pipeline before it can train at full size.
 """
 
 import dataclasses
+import functools
 import logging
 import os
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from jaxtrain.config import ConfigError, lookup
 from jaxtrain.data.digits import Digits
@@ -30,6 +34,38 @@ class Splits:
   image_shape: tuple[int, ...]
 
 
+def _plain(record: dict, data_config=None) -> dict:
+  del data_config  # Images of a fixed size are used as stored.
+  return {'image': record['image'], 'label': record['label']}
+
+
+def _resized(record: dict, data_config) -> dict:
+  """Shorter side scaled to `data.image_size`, then the central square: one shape for a whole split.
+
+  This is the usual evaluation crop; training diversity comes from the on-device augmentation
+  (`data.augment='random_resized_crop'`), which works on the stored squares.
+  """
+  size = data_config.image_size
+  image = Image.fromarray(record['image'])
+  scale = size / min(image.size)
+  width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+  image = image.resize((width, height), Image.Resampling.BILINEAR)
+  left, top = (width - size) // 2, (height - size) // 2
+  return {'image': np.asarray(image.crop((left, top, left + size, top + size))), 'label': record['label']}
+
+
+# Digits' pixels run 0..16; strokes are the pixels above a quarter of full ink.
+DIGIT_INK = 4
+
+
+def _digit_masks(record: dict, data_config=None, binary: bool = False) -> dict:
+  """Per-pixel labels from a digit: background 0; ink 1 (binary) or the digit + 1 (11 classes)."""
+  del data_config
+  ink = record['image'][..., 0] > DIGIT_INK
+  return {'image': record['image'],
+          'label': ink.astype(np.int32) if binary else np.where(ink, int(record['label']) + 1, 0)}
+
+
 def _digits(data_dir: str):
   builder = Digits(data_dir=data_dir, file_format='array_record')
   if not builder.is_prepared():
@@ -45,10 +81,34 @@ def _tfds(name: str):
   return builder
 
 
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """How one data set is read: its TFDS builder, the split that tests it, and how a record becomes an
+  example. Calling it with a data folder gives the builder."""
+
+  builder: Callable[[str], tfds.core.DatasetBuilder]
+  test_split: str = 'test'
+  example: Callable = _plain  # (record, data config) -> {'image': (H, W, C) uint8, 'label': ...}.
+  num_classes: int = 0  # 0: the label feature's number of classes.
+  hint: str = ''  # Added to the error when the data set is not prepared.
+
+  def __call__(self, data_dir: str) -> tfds.core.DatasetBuilder:
+    return self.builder(data_dir)
+
+
 DATASETS = {
-    'digits': _digits,
-    'mnist': _tfds('mnist'),
-    'fashion_mnist': _tfds('fashion_mnist'),
+    'digits': Source(_digits),
+    'digits_segmentation': Source(_digits, example=_digit_masks, num_classes=11),
+    'digits_foreground': Source(_digits, example=functools.partial(_digit_masks, binary=True),
+                                num_classes=2),
+    'mnist': Source(_tfds('mnist')),
+    'fashion_mnist': Source(_tfds('fashion_mnist')),
+    'cifar10': Source(_tfds('cifar10')),
+    'cifar100': Source(_tfds('cifar100')),  # The 100 fine labels.
+    # The test split has no public labels, so the 50,000 validation images test.
+    'imagenet2012': Source(_tfds('imagenet2012'), test_split='validation', example=_resized,
+                           hint='; imagenet2012 cannot be downloaded: put ILSVRC2012_img_train.tar and '
+                                'ILSVRC2012_img_val.tar in <data_dir>/downloads/manual first'),
 }
 
 
@@ -56,26 +116,26 @@ def data_dir(config) -> str:
   return os.path.expanduser(config.data.data_dir) if config.data.data_dir else tfds.core.constants.DATA_DIR
 
 
-def read(source) -> dict:
-  """Decodes a TFDS data source into arrays."""
-  records = [source[i] for i in range(len(source))]
-  return {'image': np.stack([r['image'] for r in records]),
-          'label': np.asarray([r['label'] for r in records], np.int32)}
+def read(source, example: Callable[[dict], dict] = _plain) -> dict:
+  """Decodes a TFDS data source into arrays, each record through `example`."""
+  examples = [example(source[i]) for i in range(len(source))]
+  return {'image': np.stack([e['image'] for e in examples]),
+          'label': np.asarray(np.stack([e['label'] for e in examples]), np.int32)}
 
 
 def load(config) -> Splits:
-  """Opens (preparing if needed) the configured data set and returns its splits as data sources."""
-  make_builder = lookup(DATASETS, 'data.name', config.data.name)
+  """Opens (preparing if needed) the configured data set and decodes its splits into arrays."""
+  source = lookup(DATASETS, 'data.name', config.data.name)
   directory = data_dir(config)
   try:
-    builder = make_builder(directory)
+    builder = source(directory)
     train = builder.as_data_source(split='train')
-    test = builder.as_data_source(split='test')
+    test = builder.as_data_source(split=source.test_split)
   except (FileNotFoundError, KeyError, tfds.core.registered.DatasetNotFoundError) as e:
     raise ConfigError(
         f'data set {config.data.name!r} is not prepared in {directory!r}; prepare it once with '
         f'tfds.builder({config.data.name!r}, data_dir={directory!r}, file_format="array_record")'
-        '.download_and_prepare() or point data.data_dir at a folder that has it') from e
+        '.download_and_prepare() or point data.data_dir at a folder that has it' + source.hint) from e
   fraction = config.data.validation_fraction
   num_val = max(1, round(fraction * len(train))) if fraction > 0 else 0
   if num_val > 0:
@@ -84,8 +144,9 @@ def load(config) -> Splits:
                          builder.as_data_source(split=f'train[{num_train}:]'))
   else:
     evaluation = test
-  features = builder.info.features
-  return Splits(train=read(train), eval=read(evaluation), test=read(test),
+  example = functools.partial(source.example, data_config=config.data)
+  train = read(train, example)
+  return Splits(train=train, eval=read(evaluation, example), test=read(test, example),
                 eval_name='validation' if num_val > 0 else 'test',
-                num_classes=features['label'].num_classes,
-                image_shape=tuple(features['image'].shape))
+                num_classes=source.num_classes or builder.info.features['label'].num_classes,
+                image_shape=tuple(train['image'].shape[1:]))

@@ -125,12 +125,23 @@ NORMS = {
 }
 
 
-def normalization(name: str, train: bool):
-  """A norm layer (BatchNorm uses batch statistics in training and running averages at eval), or None."""
+def normalization(name: str, train: bool, **kwargs):
+  """A norm layer (BatchNorm uses batch statistics in training and running averages at eval), or None.
+
+  `kwargs` go to the Flax layer: `dtype`, or `scale_init` for a residual branch that starts at zero.
+  """
   norm = lookup(NORMS, 'model.norm', name)
   if norm is None:
     return None
-  return norm(use_running_average=not train) if name == 'batch' else norm()
+  return norm(use_running_average=not train, **kwargs) if name == 'batch' else norm(**kwargs)
+
+
+# Parameters stay float32 whatever the compute dtype: bf16 updates of small weights would round to nothing.
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+  return lookup(DTYPES, 'model.dtype', name)
 
 
 POOLINGS = {'max': nn.max_pool, 'avg': nn.avg_pool}
