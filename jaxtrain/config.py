@@ -85,6 +85,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.optim.l2 = 0.0
   c.optim.clip_norm = 0.0  # 0 = off.
   c.optim.clip_value = 0.0
+  c.optim.accumulate_steps = 1  # Micro-batches per step: the batch is split, gradients summed in-graph.
+  c.optim.ema_decay = 0.0  # Moving average of the parameters (e.g. 0.999); 0 = off. Saved in checkpoints.
+  c.optim.ema_eval = True  # With ema_decay > 0, evaluate (and test) the averaged parameters.
 
   c.train = ml_collections.ConfigDict()
   c.train.num_epochs = 0
@@ -209,7 +212,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_range(config, ('data.batch_size', 'data.eval_batch_size', 'train.log_every_steps',
                         'checkpoint.keep', 'optim.cycles', 'model.kernel_size',
                         'data.stats_max_examples', 'optim.plateau_patience',
-                        'train.max_consecutive_skips'), lambda v: v >= 1,
+                        'train.max_consecutive_skips', 'optim.accumulate_steps'), lambda v: v >= 1,
                'it must be >= 1')
   _check_range(config, ('train.num_epochs', 'train.num_steps', 'train.eval_every_steps',
                         'checkpoint.every_steps', 'optim.warmup_steps', 'optim.weight_decay',
@@ -222,7 +225,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                'a dropout rate must be in [0, 1)')
   _check_range(config, ('task.label_smoothing',), lambda v: 0 <= v < 1, 'it must be in [0, 1)')
   _check_range(config, ('data.crop_min_scale',), lambda v: 0 < v <= 1, 'it must be in (0, 1]')
-  _check_range(config, ('data.validation_fraction', 'optim.momentum', 'optim.beta1',
+  _check_range(config, ('data.validation_fraction', 'optim.momentum', 'optim.beta1', 'optim.ema_decay',
                         'optim.beta2', 'optim.decay'), lambda v: 0 <= v < 1, 'it must be in [0, 1)')
   _check_range(config, ('optim.decay_factor',), lambda v: 0 < v <= 1, 'it must be in (0, 1]')
   # reduce_on_plateau with patience 0 lowers the LR on every improvement, and rejects a factor of 1.
@@ -235,6 +238,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_range(config, ('checkpoint.monitor', 'early_stopping.monitor'),
                lambda m: m in ('eval/loss', 'eval/accuracy'), "choose 'eval/loss' or 'eval/accuracy'")
   _check_range(config, ('train.nonfinite',), lambda m: m in ('halt', 'skip'), "choose 'halt' or 'skip'")
+  if config.data.batch_size % config.optim.accumulate_steps:
+    raise ConfigError(f'data.batch_size={config.data.batch_size} does not split into '
+                      f'optim.accumulate_steps={config.optim.accumulate_steps} equal micro-batches; '
+                      'use a batch size that is a multiple of it')
+  if config.task.name == 'segmentation' and config.data.augment != 'none':
+    raise ConfigError(f"data.augment={config.data.augment!r} moves the image but not its per-pixel labels; "
+                      "use --config.data.augment=none with task.name='segmentation'")
   if config.early_stopping.patience and not config.checkpoint.keep_best:
     raise ConfigError('early_stopping.patience > 0 returns the best checkpoint, but checkpoint.keep_best=0 '
                       'keeps none; set --config.checkpoint.keep_best=1')

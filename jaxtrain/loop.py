@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxtrain import checkpoint, data, models, monitor, optim, parallel, steps
+from jaxtrain import checkpoint, data, models, monitor, optim, parallel, steps, tasks
 from jaxtrain import config as config_lib
 from jaxtrain import state as state_lib
+from jaxtrain.data import augment
 from jaxtrain.logging import MetricWriter, plot_history, read_metrics
 
 log = logging.getLogger('jaxtrain')
@@ -53,26 +54,37 @@ class _Program:
 
   model: object
   optimizer: optim.Optimizer
+  task: tasks.Task
   create_state: Callable  # seed -> a fresh state, born on the devices.
   train_step: Callable  # (state, chunk, k) -> (state, metrics), trained on chunk[k].
   eval_step: Callable  # (state, padded batch) -> sums.
 
 
+def _program_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
+  """The parts of a config that the compiled functions depend on (not the seed, paths or durations)."""
+  return ml_collections.FrozenConfigDict({
+      'model': config.model, 'optim': config.optim, 'task': config.task,
+      'data': {key: config.data[key] for key in augment.CONFIG_KEYS},
+      'train': {'nonfinite': config.train.nonfinite}})
+
+
 @functools.lru_cache(maxsize=8)
-def _program(model_config: ml_collections.FrozenConfigDict, optim_config: ml_collections.FrozenConfigDict,
-             num_classes: int, image_shape: tuple[int, ...], total_steps: int, nonfinite: str,
-             strategy: parallel.Strategy) -> _Program:
-  """Cached by its inputs, so fitting the same model again in one process (a re-run notebook cell, another
-  seed) reuses the jitted functions and compiles nothing."""
-  model = models.build(model_config, num_classes)
-  optimizer = optim.build(optim_config, total_steps)
+def _program(config: ml_collections.FrozenConfigDict, num_classes: int, image_shape: tuple[int, ...],
+             total_steps: int, strategy: parallel.Strategy) -> _Program:
+  """Cached by its inputs (`config` from `_program_config`), so fitting the same model again in one process
+  (a re-run notebook cell, another seed) reuses the jitted functions and compiles nothing."""
+  task = tasks.build(config.task)
+  model = models.build(config.model, task.outputs(num_classes))
+  optimizer = optim.build(config.optim, total_steps)
+  ema = config.optim.ema_decay > 0
   return _Program(
-      model=model, optimizer=optimizer,
+      model=model, optimizer=optimizer, task=task,
       create_state=strategy.jit_create_state(
-          functools.partial(state_lib.create, model, optimizer.tx, image_shape)),
-      train_step=strategy.jit_chunk_train_step(
-          steps.make_train_step(model, optimizer, optim_config, nonfinite)),
-      eval_step=strategy.jit_eval_step(steps.make_eval_step(model)))
+          functools.partial(state_lib.create, model, optimizer.tx, image_shape, ema=ema)),
+      train_step=strategy.jit_chunk_train_step(steps.make_train_step(
+          model, optimizer, config.optim, config.train.nonfinite, task, augment.build(config.data))),
+      eval_step=strategy.jit_eval_step(
+          steps.make_eval_step(model, task, use_ema=ema and config.optim.ema_eval)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,12 +136,13 @@ def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path | None) ->
   total = config_lib.total_steps(config, steps_per_epoch)
   strategy = parallel.make(config.parallel, {'data.batch_size': config.data.batch_size,
                                              'data.eval_batch_size': config.data.eval_batch_size})
-  program = _program(ml_collections.FrozenConfigDict(config.model),
-                     ml_collections.FrozenConfigDict(config.optim), splits.num_classes,
-                     splits.image_shape, total, config.train.nonfinite, strategy)
+  program = _program(_program_config(config), splits.num_classes, splits.image_shape, total, strategy)
   exp = _Experiment(config=config, splits=splits, program=program, strategy=strategy,
                     steps_per_epoch=steps_per_epoch, total_steps=total)
   abstract_state = jax.eval_shape(exp.new_state)
+  output = jax.eval_shape(lambda s: program.model.apply(
+      state_lib.variables(s), jnp.zeros((1, *splits.image_shape)), train=False), abstract_state)
+  program.task.check(output.shape[1:], splits.num_classes)
   if workdir and (workdir / checkpoint.CHECKPOINT_DIR).is_dir():
     _read_only(workdir / checkpoint.CHECKPOINT_DIR, config).check_fits(abstract_state)
     _check_resumable(config, workdir)
@@ -148,15 +161,13 @@ def _read_only(directory: pathlib.Path, config) -> checkpoint.Checkpointer:
 
 
 def _evaluate(eval_step, state, batches, strategy: parallel.Strategy, prefix: str) -> dict:
-  """Mean loss and accuracy over every example of a split (padding masked out); one fetch at the end."""
+  """The task's metrics (loss, accuracy, ...) over every example of a split (padding masked out); sums stay
+  on the device until one fetch at the end."""
   totals = None
   for batch in batches:
     sums = eval_step(state, strategy.place_batch(batch))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
-  count = float(totals['count'])
-  return {f'{prefix}/loss': float(totals['loss']) / count,
-          f'{prefix}/accuracy': float(totals['accuracy']) / count}
+  return {f'{prefix}/{key}': value for key, value in tasks.summarize(jax.device_get(totals)).items()}
 
 
 class NonFiniteError(RuntimeError):
@@ -190,7 +201,7 @@ def _check_finite(exp: _Experiment, state, train_data, ckpt: checkpoint.Checkpoi
   if skips == 0 or (nonfinite == 'skip' and skips < exp.config.train.max_consecutive_skips):
     return
   index = done if nonfinite == 'halt' else done - 1  # The failing step's batch index (= its state.step).
-  check = steps.make_gradient_check(exp.program.model, exp.config.optim)
+  check = steps.make_gradient_check(exp.program.model, exp.config.optim, exp.program.task)
   loss, finite = jax.device_get(check(state.replace(step=jnp.int32(index)),
                                       exp.strategy.place_batch(train_data[index])))
   bad = [path for path, ok in finite.items() if not ok]

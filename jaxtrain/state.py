@@ -14,6 +14,7 @@ class TrainState:
 
   `rng` is the run's base key; step `s` uses `fold_in(rng, s)`, so a resumed run draws the same numbers.
   `skips` counts the consecutive steps whose update was dropped for a non-finite loss or gradient.
+  `ema` is the moving average of `params` ({} when optim.ema_decay is 0).
   """
 
   step: jax.Array
@@ -22,15 +23,18 @@ class TrainState:
   batch_stats: Any
   rng: jax.Array
   skips: jax.Array
+  ema: Any
 
 
-def create(model, tx: optax.GradientTransformation, image_shape: tuple[int, ...], seed: int):
+def create(model, tx: optax.GradientTransformation, image_shape: tuple[int, ...], seed: int,
+           ema: bool = False):
   """A fresh state: parameters from the model's initializers, optimizer state from `tx`."""
   init_key, rng = jax.random.split(jax.random.PRNGKey(seed))
   variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
   params = variables['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    batch_stats=variables.get('batch_stats', {}), rng=rng, skips=jnp.zeros((), jnp.int32))
+                    batch_stats=variables.get('batch_stats', {}), rng=rng, skips=jnp.zeros((), jnp.int32),
+                    ema=jax.tree.map(jnp.copy, params) if ema else {})
 
 
 def variables(state: TrainState) -> dict:

@@ -1,35 +1,50 @@
-"""Pure train and eval steps: (state, batch) -> (state, metrics). No host I/O; jitted by parallel.py."""
+"""Pure train and eval steps: (state, batch) -> (state, metrics). No host I/O; jitted by parallel.py.
+
+What a step computes is fixed by the task (its loss and metrics, jaxtrain/tasks.py), the on-device
+augmentation (jaxtrain/data/augment.py) and the optimizer config (penalties, gradient accumulation, EMA).
+"""
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
-from jaxtrain import optim
+from jaxtrain import optim, tasks
 from jaxtrain.state import TrainState, variables
 
-
-def cross_entropy(logits, labels):
-  """Per-example softmax cross-entropy on integer labels."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+CLASSIFICATION = tasks.build(ml_collections.ConfigDict({'name': 'classification', 'label_smoothing': 0.0}))
+_AUGMENT_STREAM = 1  # Augmentation draws from fold_in(step key, 1); dropout from the step key itself.
 
 
-def make_loss_fn(model, optim_config):
-  """(params, state, batch) -> (objective, (loss, logits, new_model_state)): cross-entropy + penalties, with
-  dropout drawn from `fold_in(state.rng, state.step)`."""
+def make_loss_fn(model, optim_config, task: tasks.Task = CLASSIFICATION):
+  """(params, state, batch[, rng]) -> (objective, (loss, logits, new_model_state)): the task's mean loss
+  plus L1/L2 penalties; dropout draws from `rng`, by default `fold_in(state.rng, state.step)`."""
 
-  def loss_fn(params, state: TrainState, batch: dict):
+  def loss_fn(params, state: TrainState, batch: dict, rng=None):
+    rng = jax.random.fold_in(state.rng, state.step) if rng is None else rng
     logits, new_model_state = model.apply(
         variables(state.replace(params=params)), batch['image'], train=True,
-        rngs={'dropout': jax.random.fold_in(state.rng, state.step)}, mutable=['batch_stats'])
-    loss = cross_entropy(logits, batch['label']).mean()
+        rngs={'dropout': rng}, mutable=['batch_stats'])
+    loss = task.loss(logits, batch).mean()
     objective = loss + optim.penalty(params, optim_config.l1, optim_config.l2)
     return objective, (loss, logits, new_model_state)
 
   return loss_fn
 
 
-def make_train_step(model, optimizer: optim.Optimizer, optim_config, nonfinite: str = 'halt'):
-  """The train step for `model`: cross-entropy (+ L1/L2 penalties), one optimizer update.
+def _train_metrics(task: tasks.Task, logits, batch) -> dict:
+  """The task's per-example metrics as batch means (scalars only: per-class IoU sums stay for eval)."""
+  sums = task.metrics(logits, batch, jnp.ones(logits.shape[0], bool))
+  return {k: v / sums['count'] for k, v in sums.items() if k not in ('count', 'loss') and v.ndim == 0}
+
+
+def make_train_step(model, optimizer: optim.Optimizer, optim_config, nonfinite: str = 'halt',
+                    task: tasks.Task = CLASSIFICATION, augment=None):
+  """The train step for `model`: augmentation, the task's loss (+ L1/L2 penalties), one optimizer update.
+
+  With `optim.accumulate_steps=k` the batch is split into k micro-batches whose gradients are summed by a
+  `lax.scan` inside the step: one update per step, and the only extra buffer is the running gradient sum
+  (optax.MultiSteps would instead keep a second parameter-sized buffer in the optimizer state across steps).
 
   A step whose loss or gradient norm is not finite changes nothing but `skips` (params, optimizer state and
   BatchNorm statistics keep their values), decided in-graph so no step waits for the host. With
@@ -38,40 +53,82 @@ def make_train_step(model, optimizer: optim.Optimizer, optim_config, nonfinite: 
   step and the step that failed. (optax.apply_if_finite skips only the optimizer update: BatchNorm
   statistics would still take the NaN, and after its error budget it applies the bad update.)
   """
+  loss_fn = make_loss_fn(model, optim_config, task)
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+  micro_batches = optim_config.accumulate_steps
 
-  loss_fn = make_loss_fn(model, optim_config)
+  def gradients(state: TrainState, batch: dict, rng):
+    """(mean gradient, mean loss, train metrics, new BatchNorm statistics) over the micro-batches."""
+    if micro_batches == 1:
+      grads, (loss, logits, model_state) = grad_fn(state.params, state, batch, rng)
+      return grads, loss, _train_metrics(task, logits, batch), model_state.get('batch_stats', {})
+
+    def accumulate(carry, micro):
+      grads_sum, loss_sum, metrics_sum, batch_stats = carry
+      index, micro_batch = micro
+      grads, (loss, logits, model_state) = grad_fn(
+          state.params, state.replace(batch_stats=batch_stats), micro_batch, jax.random.fold_in(rng, index))
+      metrics = _train_metrics(task, logits, micro_batch)
+      return (jax.tree.map(jnp.add, grads_sum, grads), loss_sum + loss,
+              jax.tree.map(jnp.add, metrics_sum, metrics), model_state.get('batch_stats', {})), None
+
+    split = jax.tree.map(lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)
+    first = jax.tree.map(lambda x: x[0], split)
+    metrics_shape = jax.eval_shape(lambda: _train_metrics(task, model.apply(
+        variables(state), first['image'], train=False), first))
+    zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros(()),
+             jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape), state.batch_stats)
+    (grads, loss, metrics, batch_stats), _ = jax.lax.scan(
+        accumulate, zeros, (jnp.arange(micro_batches), split))
+    mean = lambda tree: jax.tree.map(lambda x: x / micro_batches, tree)  # noqa: E731
+    return mean(grads), loss / micro_batches, mean(metrics), batch_stats
 
   def train_step(state: TrainState, batch: dict):
-    grads, (loss, logits, new_model_state) = jax.grad(loss_fn, has_aux=True)(state.params, state, batch)
+    rng = jax.random.fold_in(state.rng, state.step)
+    if augment is not None:  # augment(rng, images), e.g. data.augment.build(config.data).
+      batch = {**batch, 'image': augment(jax.random.fold_in(rng, _AUGMENT_STREAM), batch['image'])}
+    grads, loss, task_metrics, new_batch_stats = gradients(state, batch, rng)
     updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.params)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     apply = finite if nonfinite == 'skip' else finite & (state.skips == 0)
     metrics = {
-        'loss': loss,
-        'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+        'loss': loss, **task_metrics,
         'grad_norm': grad_norm,
         'lr': optimizer.learning_rate(state.opt_state, state.step),
         'skipped': 1.0 - apply.astype(jnp.float32),
     }
-    updated = (optax.apply_updates(state.params, updates), opt_state,
-               new_model_state.get('batch_stats', state.batch_stats))
-    params, opt_state, batch_stats = jax.tree.map(
+    params = optax.apply_updates(state.params, updates)
+    updated = (params, opt_state, new_batch_stats or state.batch_stats, _ema(optim_config, state, params))
+    params, opt_state, batch_stats, ema = jax.tree.map(
         lambda new, old: jnp.where(apply, new, old), updated,
-        (state.params, state.opt_state, state.batch_stats))
+        (state.params, state.opt_state, state.batch_stats, state.ema))
     new_state = state.replace(
         step=state.step + (1 if nonfinite == 'skip' else apply.astype(jnp.int32)),
-        params=params, opt_state=opt_state, batch_stats=batch_stats,
+        params=params, opt_state=opt_state, batch_stats=batch_stats, ema=ema,
         skips=jnp.where(apply, 0, state.skips + 1))
     return new_state, metrics
 
   return train_step
 
 
-def make_gradient_check(model, optim_config):
+def _ema(optim_config, state: TrainState, params):
+  """The moving average of the parameters after this step ({} when optim.ema_decay is 0).
+
+  The decay ramps up as min(decay, (1 + step) / (10 + step)) (as TensorFlow's ExponentialMovingAverage with
+  num_updates), so early averages are not dominated by the random initialization. One line of arithmetic:
+  optax.ema averages updates, not parameters.
+  """
+  if not optim_config.ema_decay:
+    return state.ema
+  decay = jnp.minimum(optim_config.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+  return jax.tree.map(lambda average, new: decay * average + (1 - decay) * new, state.ema, params)
+
+
+def make_gradient_check(model, optim_config, task: tasks.Task = CLASSIFICATION):
   """(state, batch) -> (loss, {parameter path: whether its gradient is finite}): names what went non-finite
   when a run halts. Built and compiled only then."""
-  loss_fn = make_loss_fn(model, optim_config)
+  loss_fn = make_loss_fn(model, optim_config, task)
 
   def gradient_check(state: TrainState, batch: dict):
     grads, (loss, _, _) = jax.grad(loss_fn, has_aux=True)(state.params, state, batch)
@@ -82,16 +139,14 @@ def make_gradient_check(model, optim_config):
   return jax.jit(gradient_check)
 
 
-def make_eval_step(model):
-  """Sums over the real (masked) examples of a padded batch, so batches add up exactly."""
+def make_eval_step(model, task: tasks.Task = CLASSIFICATION, use_ema: bool = False):
+  """The task's metric sums over the real (masked) examples of a padded batch, so batches add up exactly.
+  `use_ema` evaluates the moving average of the parameters."""
 
   def eval_step(state: TrainState, batch: dict):
+    if use_ema:
+      state = state.replace(params=state.ema)
     logits = model.apply(variables(state), batch['image'], train=False)
-    mask = batch['mask']
-    return {
-        'loss': jnp.sum(jnp.where(mask, cross_entropy(logits, batch['label']), 0.0)),
-        'accuracy': jnp.sum(mask & (jnp.argmax(logits, -1) == batch['label'])),
-        'count': jnp.sum(mask),
-    }
+    return task.metrics(logits, batch, batch['mask'])
 
   return eval_step

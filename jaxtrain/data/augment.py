@@ -95,6 +95,7 @@ def _crop(data_config) -> Callable:
 
 
 # data.augment -> data config -> augment(rng, images).
+CONFIG_KEYS = ('augment', 'crop_padding', 'crop_pad_mode', 'crop_min_scale')  # What `build` reads.
 AUGMENTS = {
     'none': lambda data_config: _none,
     'flip': lambda data_config: flip,
