@@ -116,6 +116,12 @@ def defaults() -> ml_collections.ConfigDict:
   c.parallel = ml_collections.ConfigDict()
   c.parallel.strategy = 'auto'
 
+  # JAX's persistent compilation cache (jaxtrain/compile_cache.py): a new process loads what an earlier one
+  # compiled instead of compiling it again.
+  c.compile_cache = ml_collections.ConfigDict()
+  c.compile_cache.enabled = True
+  c.compile_cache.dir = ''  # '' = $XDG_CACHE_HOME/jaxtrain/jax_compile_cache (default ~/.cache/jaxtrain/...).
+
   # --mode doctor: checks the model, data and optimizer before a long run (jaxtrain/diagnostics/doctor.py).
   c.doctor = ml_collections.ConfigDict()
   c.doctor.probe_examples = 256  # Training examples for the initial loss, gradients and activations.

@@ -15,8 +15,9 @@ from ml_collections import config_flags
 
 from jaxtrain import checkpoint, loop
 from jaxtrain import config as config_lib
+from jaxtrain.diagnostics import doctor, lr_find
 
-MODES = ('train', 'eval')
+MODES = ('train', 'eval', 'doctor', 'lr_find')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file with a get_config().')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config file stem>).')
@@ -67,6 +68,14 @@ def main(argv: list[str]) -> None:
       run = loop.fit(_CONFIG.value, workdir)
       print(json.dumps(run.summary['final']))
       print(f'Run saved in {workdir}; the same command resumes it.')
+    elif _MODE.value == 'doctor':
+      report = doctor.doctor(_CONFIG.value, workdir)
+      print(doctor.format_report(report))
+      if report['verdict'] == 'fail':
+        print(f'error: the doctor found problems; details in {workdir}/doctor.json', file=sys.stderr)
+        sys.exit(1)
+    elif _MODE.value == 'lr_find':
+      print(json.dumps({'suggested_lr': lr_find.lr_find(_CONFIG.value, workdir)['suggested_lr']}))
     else:
       print(json.dumps(loop.evaluate(_CONFIG.value, workdir)))
   except config_lib.ConfigError as e:

@@ -1,0 +1,361 @@
+"""The training doctor: the sanity checks of notes 003 and 004, run on the configured model and data.
+
+Networks fail silently (note 004): a wrong loss, a bad initialization or learning rate still trains, just
+badly. Before a long run the doctor measures, in seconds, what gives these bugs away, and grades each
+measurement against what a healthy run shows: `pass`, `warn` or `fail`, with advice. Training-style
+measurements use the configured model and optimizer with regularization off (dropout, weight decay, L1, L2)
+at the configured peak learning rate held constant, as note 004 prescribes for overfitting one batch; the
+short LR range test reuses that compiled step. Only doctor.json and plots/gradient_flow.png are written.
+"""
+
+import dataclasses
+import math
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxtrain import steps, tasks
+from jaxtrain.config import ConfigError
+from jaxtrain.diagnostics import curves, experiment, lr_find, plots, stats
+from jaxtrain.logging import read_metrics
+from jaxtrain.state import variables
+
+RESULT_FILE = 'doctor.json'
+PLOT_FILE = 'plots/gradient_flow.png'
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+  """One row of the verdict: what was measured, what a healthy run shows, and what to do otherwise."""
+
+  name: str
+  status: str  # 'pass' | 'warn' | 'fail'
+  value: float | str
+  expected: str
+  advice: str = ''
+  details: dict = dataclasses.field(default_factory=dict)  # Per-layer numbers, where a check has them.
+
+
+def _status(fail: bool, warn: bool) -> str:
+  return 'fail' if fail else 'warn' if warn else 'pass'
+
+
+def _worst(per_layer: dict[str, float], largest: bool = True) -> tuple[str, float]:
+  name = (max if largest else min)(per_layer, key=per_layer.get)
+  return name, per_layer[name]
+
+
+def chance_loss(task_name: str, num_classes: int) -> float | None:
+  """The loss of a model that finds every answer equally likely (note 003: log C for a softmax over C
+  classes; log 2 per label for sigmoid tasks); None for regression, whose loss has no chance level."""
+  return {'classification': math.log(num_classes), 'segmentation': math.log(num_classes),
+          'binary': math.log(2), 'multilabel': math.log(2)}.get(task_name)
+
+
+def check_initial_loss(loss: float, chance: float) -> Check:
+  """Before training the loss should be the chance loss: every answer equally likely (note 003)."""
+  ratio = loss / chance if math.isfinite(loss) else math.inf
+  advice = ('' if 0.7 <= ratio <= 1.5 else
+            'Below chance before any training: check that the labels do not leak into the inputs, and '
+            'whether the loss is numerically broken (see exploding_gradients).' if ratio < 0.7 else
+            'Far above chance: activations explode from the initialization; use model.kernel_init=auto '
+            '(He for ReLU, Glorot for tanh/sigmoid) and look at exploding_gradients.' if ratio > 3 else
+            'The untrained model is confidently wrong: its logits start too large. Initialize the last '
+            'layer smaller (a smaller model.kernel_init scale) or add model.norm=batch.')
+  return Check('initial_loss', _status(ratio > 3, not 0.7 <= ratio <= 1.5), loss,
+               f'about the chance loss {chance:.3g} (0.7x-1.5x)', advice)
+
+
+def check_output_layer(logits: np.ndarray, num_classes: int, task: tasks.Task) -> Check:
+  """The model's outputs must be what the task's loss expects: raw logits of the right width (note 004)."""
+  problems = []
+  try:
+    task.check(logits.shape[1:], num_classes)
+  except ConfigError as e:
+    problems.append(str(e))
+  if np.ptp(logits) > 1e-6 and logits.min() >= 0 and logits.max() <= 1:
+    ending = 'a softmax (rows sum to 1)' if np.allclose(logits.sum(-1), 1, atol=1e-3) else 'a sigmoid'
+    problems.append(f'every output is in [0, 1]: the model ends in {ending}, but the loss applies its '
+                    'own softmax/sigmoid to raw logits; remove the output activation')
+  return Check('output_layer', 'fail' if problems else 'pass',
+               f'{logits.shape[-1]} outputs in [{logits.min():.3g}, {logits.max():.3g}]',
+               f'{task.outputs(num_classes)} raw logits for the {task.name} loss', ' '.join(problems))
+
+
+def check_labels(labels: np.ndarray, num_classes: int) -> Check:
+  low, high = int(labels.min()), int(labels.max())
+  return Check('labels', _status(low < 0 or high >= num_classes, False), f'{low}..{high}',
+               f'integers in 0..{num_classes - 1}',
+               '' if 0 <= low and high < num_classes else
+               'Labels outside the classes the model predicts: remap them to 0..C-1 or fix the number of '
+               'classes of the data set.')
+
+
+def check_class_balance(labels: np.ndarray, num_classes: int) -> Check:
+  counts = np.bincount(labels.ravel().clip(0, num_classes - 1), minlength=num_classes)
+  ratio = counts.max() / max(counts.min(), 1)
+  return Check('class_balance', _status(False, counts.min() == 0 or ratio > 10),
+               f'{counts.min()}..{counts.max()} training examples per class',
+               'every class present, at most 10x more examples in one class than in another',
+               '' if counts.min() > 0 and ratio <= 10 else
+               'Imbalanced classes: accuracy hides the rare ones. Resample or weight them, and judge the '
+               'model by per-class metrics.', {str(c): int(n) for c, n in enumerate(counts)})
+
+
+def check_finite_inputs(images: np.ndarray) -> Check:
+  bad = int(np.size(images) - np.isfinite(images).sum())
+  return Check('finite_inputs', _status(bad > 0, False), f'{bad} non-finite values', 'none',
+               'NaN or Inf in the inputs: clean the data, or fix a normalization that divides by a zero '
+               'standard deviation.' if bad else '')
+
+
+def check_input_scale(images: np.ndarray) -> Check:
+  mean, std = float(np.nanmean(images)), float(np.nanstd(images))
+  ok = abs(mean) <= 0.5 and 0.5 <= std <= 2
+  return Check('input_scale', _status(False, not ok), f'mean {mean:.3g}, std {std:.3g}',
+               'mean about 0 and std about 1 after normalization',
+               '' if ok else 'Inputs are not standardized: normalize them with statistics of the training '
+               'split (note 001); unscaled inputs slow training and saturate units.')
+
+
+def check_overfit(loss: float, accuracy: float | None, reference: float, num_steps: int,
+                  batch_size: int) -> Check:
+  """A model that cannot memorize one batch with regularization off has a bug (notes 003, 004). The loss
+  must fall below a tenth of `reference` (the chance loss; the initial loss where there is none)."""
+  target = 0.1 * reference
+  fail = not math.isfinite(loss) or (accuracy is not None and accuracy < 0.9)
+  warn = loss > target or (accuracy is not None and accuracy < 1)
+  shown = f', accuracy {accuracy:.1%}' if accuracy is not None else ''
+  return Check('overfit_batch', _status(fail, warn), f'loss {loss:.3g}{shown} after {num_steps} steps',
+               f'{"accuracy 100% and " if accuracy is not None else ""}loss below {target:.2g} on one batch '
+               f'of {batch_size}',
+               'The model does not memorize one batch with regularization off: look for too little capacity '
+               '(model.features) or a bug in the architecture, a learning rate too low or too high (see '
+               'learning_rate) and a loss that does not fit the outputs (see output_layer).'
+               if fail or warn else '')
+
+
+def check_vanishing(moments: dict[str, dict], layers: list[str]) -> Check:
+  """Each layer's gradient/weight ratio against the fastest-learning layer after it (input first)."""
+  worst, where, relative = 1.0, '', {}
+  for moment, m in moments.items():
+    rel = [m['grads'][layer] / max(m['weights'][layer], 1e-12) for layer in layers]
+    relative[moment] = dict(zip(layers, rel, strict=True))
+    for i, layer in enumerate(layers):
+      drop = rel[i] / max(max(rel[i:]), 1e-30)
+      if drop < worst:
+        worst, where = drop, f' ({layer}, {moment})'
+  silent = max(max(m['grads'].values()) for m in moments.values()) < 1e-10
+  advice = ('' if worst >= 1e-2 and not silent else
+            'Early layers hardly learn: use ReLU-family activations with He init (model.activation=relu, '
+            'model.kernel_init=auto), BatchNorm (model.norm=batch), or a shallower or residual model.')
+  return Check('vanishing_gradients', _status(worst < 1e-3 or silent, worst < 1e-2),
+               'no gradient at all' if silent else f'{worst:.2g}{where}',
+               "every layer's gradient/weight ratio at least 1/100 of any later layer's", advice, relative)
+
+
+def _inf_if_not_finite(values: dict[str, float]) -> dict[str, float]:
+  return {k: v if math.isfinite(v) else math.inf for k, v in values.items()}
+
+
+def check_exploding(moments: dict[str, dict], layers: list[str]) -> Check:
+  """Gradient norms that are huge, or grow fast in the first steps (note 004: weights filled with 100)."""
+  (_, m0), (later, m1) = moments.items()
+  g0, g1 = _inf_if_not_finite(m0['grads']), _inf_if_not_finite(m1['grads'])
+  norms = {layer: max(g0[layer], g1[layer]) for layer in layers}
+  layer, largest = _worst(norms)
+  growth = max((g1[k] / g0[k] for k in layers if 0 < g0[k] < math.inf), default=1.0)
+  ok = largest <= 1e2 and growth <= 10
+  return Check('exploding_gradients', _status(largest > 1e3, not ok),
+               f'largest {largest:.3g} ({layer}); x{growth:.2g} {later}',
+               'gradient norms below 100 that do not grow 10x in the first steps',
+               '' if ok else 'Gradients explode: lower optim.lr, clip them (optim.clip_norm=1.0), replace '
+               'large initial weights by model.kernel_init=auto, or add model.norm=batch.', norms)
+
+
+def _activation_check(name: str, fractions: dict[str, dict], expected: str, advice: str) -> Check:
+  per_layer = {layer: max(f[layer] for f in fractions.values()) for layer in next(iter(fractions.values()))}
+  layer, worst = _worst(per_layer)
+  return Check(name, _status(worst > 0.5, worst > 0.2), f'{worst:.0%} in {layer}', expected,
+               advice if worst > 0.2 else '', per_layer)
+
+
+def check_dead_units(fractions: dict[str, dict]) -> Check:
+  return _activation_check(
+      'dead_relu', fractions, 'at most 20% of the units of a layer zero for every example',
+      'Dead ReLUs pass no gradient and never recover (note 004): use bias_init zeros or a small positive '
+      'constant, He init (model.kernel_init=auto), a lower optim.lr, or model.activation=leaky_relu.')
+
+
+def check_saturation(fractions: dict[str, dict]) -> Check:
+  return _activation_check(
+      'saturated_units', fractions, 'at most 20% of the outputs of a layer in the flat tails',
+      'Saturated sigmoid/tanh units pass almost no gradient: standardize the inputs, use Glorot init '
+      '(model.kernel_init=auto), BatchNorm before the activation (model.norm=batch), or ReLU.')
+
+
+def check_update_ratio(ratios: dict[str, float]) -> Check:
+  """|update| / |weights| per step; about 1e-3 is the rule of thumb (cs231n)."""
+  ratios = _inf_if_not_finite(ratios)
+  (low_layer, low), (high_layer, high) = _worst(ratios, largest=False), _worst(ratios)
+  advice = ('Updates are large against the weights: lower optim.lr.' if high > 0.1 else
+            f'{low_layer} hardly changes: raise optim.lr, or look at its initial weights and gradients.'
+            if low < 1e-4 else '')
+  return Check('update_ratio', _status(high > 1, high > 0.1 or low < 1e-4),
+               f'{low:.2g} ({low_layer})..{high:.2g} ({high_layer})',
+               'about 1e-3 per step in every layer (1e-4..1e-1)', advice, ratios)
+
+
+def check_learning_rate(lr: float, test: dict) -> Check:
+  """The configured (peak) rate against the range test's suggestion and the rate where its loss diverged."""
+  suggested, diverged, losses = test['suggested_lr'], test['diverged_lr'], test['losses']
+  if not losses or min(losses) > 0.9 * losses[0]:
+    return Check('learning_rate', 'warn', f'optim.lr={lr:.3g}; the loss fell by less than 10% at every rate',
+                 'a range of rates where the loss falls',
+                 'No learning rate made the loss fall: the model or the loss is the problem, not the rate; '
+                 'see the checks above.')
+  fail = (diverged is not None and lr >= diverged) or lr > 30 * suggested
+  ok = suggested / 30 <= lr <= 10 * suggested
+  where = f', the loss diverged at {diverged:.3g}' if diverged is not None else ''
+  return Check('learning_rate', _status(fail, not ok), f'optim.lr={lr:.3g}; suggested {suggested:.3g}{where}',
+               f'{suggested / 30:.2g}..{10 * suggested:.2g}, below where the loss diverges',
+               '' if ok and not fail else
+               f'Set optim.lr near {suggested:.2g}; --mode lr_find plots the whole range test '
+               '(plots/lr_find.png).')
+
+
+def check_curves(history: list[dict]) -> Check:
+  findings = curves.diagnose(history)
+  return Check('learning_curves', 'warn' if findings else 'pass',
+               ', '.join(f['name'] for f in findings) or 'nothing stands out',
+               "no overfitting, underfitting, divergence or plateau in the workdir's metrics.jsonl",
+               ' '.join(f'{f["name"]}: {f["evidence"]}. {f["advice"]}' for f in findings),
+               {f['name']: f['evidence'] for f in findings})
+
+
+def _probe(model, optim_config, task: tasks.Task, activation: str):
+  """(state, batch) -> loss, logits, per-layer gradient and weight norms, and each activation layer's dead
+  and saturated fractions: everything the doctor reads from one forward and backward pass, in one jit."""
+  loss_fn = steps.make_loss_fn(model, optim_config, task)
+
+  def probe(state, batch):
+    grads, (loss, logits, _) = jax.grad(loss_fn, has_aux=True)(state.params, state, batch)
+    _, captured = model.apply(variables(state), batch['image'], train=True,
+                              mutable=['batch_stats', 'intermediates'],
+                              capture_intermediates=stats.is_activation)
+    outputs = captured['intermediates']
+    return {'loss': loss, 'logits': logits, 'grads': stats.layer_norms(grads),
+            'weights': stats.layer_norms(state.params), 'dead': stats.dead_fractions(outputs),
+            'saturated': (stats.saturated_fractions(outputs, activation)
+                          if activation in stats.SATURATED else {})}
+
+  return jax.jit(probe)
+
+
+def _host(moment: dict) -> dict:
+  """A probe's output on the host: per-layer dicts of floats, the logits as an array."""
+  moment = jax.device_get(moment)
+  return {k: np.asarray(v) if k == 'logits' else jax.tree.map(float, v) for k, v in moment.items()}
+
+
+def _measure(exp, normalization: dict) -> dict:
+  """Runs the probes, the one-batch overfit and the range test; returns host numbers only."""
+  config = ml_collections.ConfigDict(exp.config.to_dict())  # Regularization off (note 004).
+  config.optim.update(weight_decay=0.0, l1=0.0, l2=0.0)
+  config.data.augment = 'none'
+  model = exp.program.model.clone(dropout=0.0)
+  probe = _probe(model, config.optim, exp.program.task, config.model.activation)
+  step, state = lr_find.trainer(exp, model, config)
+  fresh = jax.tree.map(lambda x: x.copy(), state)  # `step` donates its input; the range test starts here.
+  examples = min(config.doctor.probe_examples, len(exp.splits.train['label']))
+  probe_batch = next(experiment.batches(exp, normalization, examples))
+  batch = exp.strategy.place_batch(next(experiment.batches(exp, normalization, config.data.batch_size)))
+
+  flow = config.doctor.flow_steps
+  moments = {'at init': probe(state, probe_batch)}
+  state, ratios = lr_find.with_lr(state, config.optim.lr), []
+  for i in range(config.doctor.overfit_steps):
+    state, metrics = step(state, batch)
+    if i < flow:
+      ratios.append(metrics['update_ratio'])
+    if i + 1 == flow:
+      moments[f'after {flow} steps'] = probe(state, probe_batch)
+  _, final = step(state, batch)  # The loss and accuracy of the final parameters on the memorized batch.
+  c = config.lr_find
+  test = lr_find.range_test(exp, normalization, step, fresh, c.min_lr, c.max_lr,
+                            config.doctor.lr_find_steps, c.smoothing, c.diverge_factor)
+  moments = {name: _host(m) for name, m in moments.items()}
+  ratios = jax.device_get(ratios)
+  order = stats.forward_order(model, exp.splits.image_shape)
+  return {'moments': moments,
+          'layers': sorted(moments['at init']['grads'], key=order.index),
+          'probe_images': probe_batch['image'],
+          'overfit': {k: float(final[k]) for k in ('loss', 'accuracy') if k in final},
+          'ratios': {k: float(np.mean([r[k] for r in ratios])) for k in ratios[0]},
+          'range_test': test}
+
+
+def _checks(exp, m: dict, history: list[dict]) -> list[Check]:
+  config, splits, task = exp.config, exp.splits, exp.program.task
+  init = m['moments']['at init']
+  chance = chance_loss(task.name, splits.num_classes)
+  activation = config.model.activation
+  labels = splits.train['label']
+  checks = [check_initial_loss(init['loss'], chance)] if chance else []
+  checks.append(check_output_layer(init['logits'], splits.num_classes, task))
+  if task.name in ('classification', 'binary', 'segmentation'):  # One class per example (or pixel).
+    checks += [check_labels(labels, splits.num_classes), check_class_balance(labels, splits.num_classes)]
+  checks += [
+      check_finite_inputs(m['probe_images']),
+      check_input_scale(m['probe_images']),
+      check_overfit(m['overfit']['loss'], m['overfit'].get('accuracy'), chance or init['loss'],
+                    config.doctor.overfit_steps, config.data.batch_size),
+      check_vanishing(m['moments'], m['layers']),
+      check_exploding(m['moments'], m['layers']),
+  ]
+  if activation in stats.DYING and init['dead']:
+    checks.append(check_dead_units({k: v['dead'] for k, v in m['moments'].items()}))
+  if activation in stats.SATURATED and init['saturated']:
+    checks.append(check_saturation({k: v['saturated'] for k, v in m['moments'].items()}))
+  checks += [check_update_ratio(m['ratios']), check_learning_rate(config.optim.lr, m['range_test'])]
+  if history:
+    checks.append(check_curves(history))
+  return checks
+
+
+def verdict(checks: list[Check]) -> str:
+  statuses = {c.status for c in checks}
+  return 'fail' if 'fail' in statuses else 'warn' if 'warn' in statuses else 'pass'
+
+
+def doctor(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = None) -> dict:
+  """Runs every check on the configured run; writes doctor.json and plots/gradient_flow.png into `workdir`
+  (a temporary directory when None) and returns doctor.json's content. A workdir's metrics.jsonl, when it
+  has one, is read for a learning-curve diagnosis; its checkpoints are never touched."""
+  exp, normalization, workdir = experiment.prepare(config, workdir)
+  measured = _measure(exp, normalization)
+  checks = _checks(exp, measured, read_metrics(workdir))
+  report = {'checks': [{k: v for k, v in dataclasses.asdict(c).items() if k != 'details' or v}
+                       for c in checks],
+            'verdict': verdict(checks)}
+  experiment.write_json(workdir / RESULT_FILE, report)
+  plots.gradient_flow(measured['layers'], {name: [m['grads'][layer] for layer in measured['layers']]
+                                           for name, m in measured['moments'].items()},
+                      workdir / PLOT_FILE)
+  return report
+
+
+def format_report(report: dict) -> str:
+  """The verdict table: one line per check, with the advice under each that did not pass."""
+  lines = [f'{"status":6}  {"check":20}  {"value":50}  expected']
+  for c in report['checks']:
+    value = f'{c["value"]:.4g}' if isinstance(c['value'], float) else str(c['value'])
+    lines.append(f'{c["status"].upper():6}  {c["name"]:20}  {value:50}  {c["expected"]}')
+    if c['advice']:
+      lines.append(f'{"":8}-> {c["advice"]}')
+  counts = {s: sum(c['status'] == s for c in report['checks']) for s in ('pass', 'warn', 'fail')}
+  lines.append(f'verdict: {report["verdict"]} ({counts["fail"]} failed, {counts["warn"]} warnings, '
+               f'{counts["pass"]} passed)')
+  return '\n'.join(lines)

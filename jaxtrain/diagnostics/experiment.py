@@ -1,0 +1,48 @@
+"""What a diagnostic runs on: the run's validated pieces (`loop._prepare`) and its normalization, read-only.
+
+Diagnostics never write a workdir's checkpoints, metrics or normalization.json: the statistics a workdir
+already holds are read (so the doctor sees the inputs training sees), otherwise computed and kept in memory.
+"""
+
+import json
+import math
+import pathlib
+import tempfile
+
+import ml_collections
+
+from jaxtrain import data, loop
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None):
+  """(experiment, normalization statistics, workdir), all checked before any file is written (like `fit`);
+  a None workdir becomes a temporary directory."""
+  workdir = pathlib.Path(workdir) if workdir else None
+  exp = loop._prepare(config, workdir)
+  stored = workdir / data.STATS_FILE if workdir else None
+  if stored and stored.exists():
+    normalization = json.loads(stored.read_text())
+  else:
+    normalization = data.compute_stats(exp.splits.train, config.data.stats_max_examples)
+  return exp, normalization, workdir or pathlib.Path(tempfile.mkdtemp(prefix='jaxtrain-'))
+
+
+def _strict(value):
+  """JSON has no NaN or Infinity: a non-finite number is written as the string 'nan', 'inf' or '-inf'."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)
+  if isinstance(value, dict):
+    return {k: _strict(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_strict(v) for v in value]
+  return value
+
+
+def write_json(path: pathlib.Path, content: dict) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(_strict(content), indent=2, allow_nan=False) + '\n')
+
+
+def batches(exp, normalization: dict, batch_size: int):
+  """The training stream from step 0 (the batches a fresh run starts with), normalized as in training."""
+  return data.iterate(data.train_batches(exp.splits.train, normalization, batch_size, exp.config.seed))

@@ -1,0 +1,79 @@
+"""Per-layer statistics: gradient and weight norms, update/weight ratios, dead and saturated units.
+
+Pure functions of pytrees and arrays with no host I/O, so the same code runs in the doctor and inside a
+jitted train step (to log them during training). A layer is named by its module path, 'Block_0/Conv_0';
+its statistics use only its kernel: biases and norm scales say little about how a layer learns.
+"""
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxtrain.models import layers
+
+# A sigmoid output below 0.01 or above 0.99 (slope < 0.01) and a tanh beyond +-0.99 (slope < 0.02) pass
+# almost no gradient back.
+SATURATED = {
+    'sigmoid': lambda y: (y < 0.01) | (y > 0.99),
+    'tanh': lambda y: jnp.abs(y) > 0.99,
+}
+# Activations whose units can die: zero output and zero slope for every negative input.
+DYING = ('relu',)
+
+
+def layer_norms(tree, leaf: str = 'kernel') -> dict[str, jax.Array]:
+  """{layer path: L2 norm of its `leaf`} for a params-shaped tree (weights, gradients or updates)."""
+  return {'/'.join(path[:-1]): jnp.sqrt(jnp.sum(jnp.square(x)))
+          for path, x in flax.traverse_util.flatten_dict(tree).items() if path[-1] == leaf}
+
+
+def update_ratios(updates, params) -> dict[str, jax.Array]:
+  """{layer: |update| / |weights|}; about 1e-3 per step is healthy (cs231n's rule of thumb), much more
+  means the learning rate is too high for that layer, much less that it hardly learns."""
+  weights = layer_norms(params)
+  return {name: norm / (weights[name] + 1e-12) for name, norm in layer_norms(updates).items()}
+
+
+def is_activation(module: nn.Module, method_name: str) -> bool:
+  """The `capture_intermediates` filter that records the output of every activation layer."""
+  return isinstance(module, layers.Activation) and method_name == '__call__'
+
+
+def _outputs(intermediates) -> dict[str, jax.Array]:
+  """{'Block_0/Activation_0': output} from the 'intermediates' collection captured with `is_activation`."""
+  return {'/'.join(path[:-1]): values[0]
+          for path, values in flax.traverse_util.flatten_dict(intermediates).items()}
+
+
+def dead_fractions(intermediates) -> dict[str, jax.Array]:
+  """{activation layer: fraction of its units (channels) that are zero for every example and position}.
+
+  Such a ReLU unit passes no gradient to the weights that feed it, so it never recovers (note 004).
+  """
+  return {name: 1.0 - jnp.mean(jnp.any(y > 0, axis=tuple(range(y.ndim - 1))))
+          for name, y in _outputs(intermediates).items()}
+
+
+def saturated_fractions(intermediates, kind: str) -> dict[str, jax.Array]:
+  """{activation layer: fraction of outputs in the flat tails of a sigmoid or tanh (`SATURATED`)}."""
+  return {name: jnp.mean(SATURATED[kind](y)) for name, y in _outputs(intermediates).items()}
+
+
+def forward_order(model: nn.Module, image_shape: tuple[int, ...]) -> list[str]:
+  """Module paths in the order the forward pass calls them (input first), traced without computing.
+
+  Pytrees sort dict keys, so parameter trees do not keep the order of the layers ('Block_10' < 'Block_2');
+  "early layers vs late layers" needs it.
+  """
+  order = []
+
+  def record(call, args, kwargs, context):
+    path = '/'.join(context.module.path)
+    if context.method_name == '__call__' and path not in order:
+      order.append(path)
+    return call(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)), train=False))
+  return order
