@@ -185,6 +185,19 @@ class Checkpointer:
     self._manager.close()
 
 
+def save_state(path: pathlib.Path, state) -> None:
+  """A lone train state outside any run's checkpoints (the NaN dump); blocks until written."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(pathlib.Path(path).absolute(), state)
+
+
+def load_state(path: pathlib.Path, abstract_state):
+  """A state written by `save_state`, in the structure and shardings of `abstract_state`."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(pathlib.Path(path).absolute(),
+                                jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state))
+
+
 class Preempted(Exception):  # noqa: N818 - not an error: the run stopped on request and can resume.
   """Raised by `fit` after a SIGTERM/SIGINT once the current step's checkpoint is committed."""
 

@@ -36,6 +36,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.crop_padding = 4  # crop, crop_flip: pad by this much, then crop back to the original size ...
   c.data.crop_pad_mode = 'reflect'  # ... padding with reflect|zero.
   c.data.crop_min_scale = 0.08  # random_resized_crop: smallest area fraction of a crop (ratio 3/4..4/3).
+  c.data.classes = ()  # Keep only these labels in every split (e.g. (5, 6, 7, 8, 9)); () = all.
+  c.data.train_fraction = 1.0  # Train on this fraction of the training split (a fixed random subset).
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'cnn'
@@ -88,6 +90,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.optim.accumulate_steps = 1  # Micro-batches per step: the batch is split, gradients summed in-graph.
   c.optim.ema_decay = 0.0  # Moving average of the parameters (e.g. 0.999); 0 = off. Saved in checkpoints.
   c.optim.ema_eval = True  # With ema_decay > 0, evaluate (and test) the averaged parameters.
+  # Per-parameter rules by regex on paths such as 'params/Block_0/Conv_0/kernel' (re.fullmatch; a table of
+  # which rule hit which parameter is logged; a regex that matches nothing is an error).
+  c.optim.freeze = ()  # e.g. ('params/Block_0/.*',): never updated, nor their BatchNorm statistics.
+  c.optim.lr_multipliers = ()  # e.g. ('params/head/.*=10', 'params/Block_.*=0.1'); the first match wins.
 
   c.train = ml_collections.ConfigDict()
   c.train.num_epochs = 0
@@ -106,6 +112,11 @@ def defaults() -> ml_collections.ConfigDict:
   c.checkpoint.monitor = 'eval/loss'  # The metric that picks `best_step` in summary.json.
   c.checkpoint.mode = 'min'
   c.checkpoint.restore_from = ''  # A workdir or checkpoint folder to start from when this one has none.
+  c.checkpoint.snapshots = False  # sgdr: also keep the state at each cycle's end in snapshots/ (ensembles).
+
+  # Transfer learning: a fresh run starts from another run's parameters and BatchNorm statistics (matched by
+  # path and shape; the rest keeps its initialization). A workdir or checkpoint folder; '' = off.
+  c.init_from = ''
 
   c.early_stopping = ml_collections.ConfigDict()
   c.early_stopping.monitor = 'eval/loss'
@@ -116,11 +127,41 @@ def defaults() -> ml_collections.ConfigDict:
   c.parallel = ml_collections.ConfigDict()
   c.parallel.strategy = 'auto'
 
+  # --mode sweep (jaxtrain/experiments/sweep.py): Optuna trials, each a normal run in workdir/trials/<n>/.
+  c.sweep = ml_collections.ConfigDict()
+  # The search space as 'key=spec' strings: uniform(a, b), loguniform(a, b), int(a, b), choice(x, y, ...),
+  # grid(x, y, ...), e.g. ('optim.lr=loguniform(1e-4, 1e-1)', 'optim.name=grid(adam, sgd)').
+  c.sweep.space = ()
+  c.sweep.metric = 'eval/accuracy'  # Read from the trial's final metrics; eval/* can prune.
+  c.sweep.mode = 'max'
+  c.sweep.num_trials = 0  # Trials in the whole study (all processes); 0 = the grid's size (sampler grid).
+  c.sweep.sampler = 'random'  # grid|random|tpe.
+  c.sweep.pruner = 'none'  # none|median|successive_halving, on each evaluation of `metric`.
+  c.sweep.startup_trials = 2  # median: trials run to the end before any is pruned.
+  c.sweep.storage = ''  # An Optuna storage URL shared by processes; '' = sqlite:///<workdir>/sweep.db.
+  c.sweep.study_name = 'sweep'
+
+  # Populations (jaxtrain/experiments/population.py): population.size members trained at once, vmapped.
+  # Per-member values; () = the run's own value for every member.
+  c.population = ml_collections.ConfigDict()
+  c.population.size = 1
+  c.population.lr = ()
+  c.population.weight_decay = ()
+  c.population.seed = ()  # Initialization and dropout; the data order follows `seed`.
+
+  # --mode eval of an ensemble (jaxtrain/experiments/ensemble.py): the averaged probabilities of these runs.
+  c.ensemble = ml_collections.ConfigDict()
+  c.ensemble.members = ()  # Workdirs, e.g. ('runs/seed0', 'runs/seed1', 'runs/seed2').
+
   # JAX's persistent compilation cache (jaxtrain/compile_cache.py): a new process loads what an earlier one
   # compiled instead of compiling it again.
   c.compile_cache = ml_collections.ConfigDict()
   c.compile_cache.enabled = True
   c.compile_cache.dir = ''  # '' = $XDG_CACHE_HOME/jaxtrain/jax_compile_cache (default ~/.cache/jaxtrain/...).
+
+  # In-graph per-layer statistics during training, logged as diag/... (jaxtrain/diagnostics/training.py).
+  c.diagnostics = ml_collections.ConfigDict()
+  c.diagnostics.every_steps = 0  # 0 = off; other steps run the plain step and pay nothing.
 
   # --mode doctor: checks the model, data and optimizer before a long run (jaxtrain/diagnostics/doctor.py).
   c.doctor = ml_collections.ConfigDict()
@@ -223,8 +264,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_range(config, ('train.num_epochs', 'train.num_steps', 'train.eval_every_steps',
                         'checkpoint.every_steps', 'optim.warmup_steps', 'optim.weight_decay',
                         'optim.l1', 'optim.l2', 'optim.clip_norm', 'optim.clip_value',
-                        'data.prefetch', 'checkpoint.keep_best', 'early_stopping.patience',
-                        'early_stopping.min_delta'), lambda v: v >= 0,
+                        'data.prefetch', 'checkpoint.keep_best', 'diagnostics.every_steps',
+                        'early_stopping.patience', 'early_stopping.min_delta'), lambda v: v >= 0,
                'it must be >= 0')
   _check_range(config, ('optim.lr',), lambda v: v > 0, 'the learning rate must be > 0')
   _check_range(config, ('model.dropout',), lambda v: 0 <= v < 1,
@@ -265,6 +306,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
                f'it must be > lr_find.min_lr={config.lr_find.min_lr}')
   _check_range(config, ('lr_find.smoothing',), lambda v: 0 <= v < 1, 'it must be in [0, 1)')
   _check_range(config, ('lr_find.diverge_factor',), lambda v: v > 1, 'it must be > 1')
+  _check_range(config, ('data.train_fraction',), lambda v: 0 < v <= 1, 'it must be in (0, 1]')
+  _check_range(config, ('population.size',), lambda v: v >= 1, 'it must be >= 1')
+  for key in ('population.lr', 'population.weight_decay', 'population.seed'):
+    values = config.population[key.split('.')[1]]
+    if values and len(values) != config.population.size:
+      raise ConfigError(f'{key} has {len(values)} values but population.size={config.population.size}; '
+                        'give one per member or () for the run\'s own value')
   if not config.model.features:
     raise ConfigError('model.features is empty; give at least one width, e.g. (32, 64)')
   if config.train.num_steps <= 0 and config.train.num_epochs <= 0:

@@ -22,6 +22,8 @@ from jaxtrain import checkpoint, data, models, monitor, optim, parallel, steps, 
 from jaxtrain import config as config_lib
 from jaxtrain import state as state_lib
 from jaxtrain.data import augment
+from jaxtrain.diagnostics import curves, nan
+from jaxtrain.diagnostics import training as training_diagnostics
 from jaxtrain.logging import MetricWriter, plot_history, read_metrics
 
 log = logging.getLogger('jaxtrain')
@@ -55,8 +57,10 @@ class _Program:
   model: object
   optimizer: optim.Optimizer
   task: tasks.Task
+  augment: Callable  # (rng, images) -> images, inside the train step.
   create_state: Callable  # seed -> a fresh state, born on the devices.
   train_step: Callable  # (state, chunk, k) -> (state, metrics), trained on chunk[k].
+  diag_step: Callable | None  # The same, with per-layer statistics in metrics['diag'].
   eval_step: Callable  # (state, padded batch) -> sums.
 
 
@@ -65,7 +69,7 @@ def _program_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenC
   return ml_collections.FrozenConfigDict({
       'model': config.model, 'optim': config.optim, 'task': config.task,
       'data': {key: config.data[key] for key in augment.CONFIG_KEYS},
-      'train': {'nonfinite': config.train.nonfinite}})
+      'train': {'nonfinite': config.train.nonfinite}, 'diagnose': config.diagnostics.every_steps > 0})
 
 
 @functools.lru_cache(maxsize=8)
@@ -77,12 +81,16 @@ def _program(config: ml_collections.FrozenConfigDict, num_classes: int, image_sh
   model = models.build(config.model, task.outputs(num_classes))
   optimizer = optim.build(config.optim, total_steps)
   ema = config.optim.ema_decay > 0
+  augment_fn = augment.build(config.data)
+  make_step = functools.partial(steps.make_train_step, model, optimizer, config.optim, config.train.nonfinite,
+                                task, augment_fn)
   return _Program(
-      model=model, optimizer=optimizer, task=task,
+      model=model, optimizer=optimizer, task=task, augment=augment_fn,
       create_state=strategy.jit_create_state(
           functools.partial(state_lib.create, model, optimizer.tx, image_shape, ema=ema)),
-      train_step=strategy.jit_chunk_train_step(steps.make_train_step(
-          model, optimizer, config.optim, config.train.nonfinite, task, augment.build(config.data))),
+      train_step=strategy.jit_chunk_train_step(make_step()),
+      diag_step=strategy.jit_chunk_train_step(make_step(diagnose=config.model.activation))
+      if config.diagnose else None,
       eval_step=strategy.jit_eval_step(
           steps.make_eval_step(model, task, use_ema=ema and config.optim.ema_eval)))
 
@@ -190,29 +198,29 @@ def _mean_metrics(pending: list[dict]) -> dict:
   return {f'train/{k}': float(v) for k, v in means.items()}
 
 
-def _check_finite(exp: _Experiment, state, train_data, ckpt: checkpoint.Checkpointer) -> None:
+def _check_finite(exp: _Experiment, state, train_data, ckpt: checkpoint.Checkpointer,
+                  workdir: pathlib.Path) -> None:
   """Raises NonFiniteError when the run must halt; called only where the loop syncs anyway.
 
   Under 'halt' the train step froze the state just before the bad step, so that step (its batch and its
-  dropout key) is re-run here to name the first parameter whose gradient is not finite.
+  dropout key) is re-run to name the first layer and parameter that went non-finite, and dumped for replay.
   """
   skips, done = (int(x) for x in jax.device_get((state.skips, state.step)))
   nonfinite = exp.config.train.nonfinite
   if skips == 0 or (nonfinite == 'skip' and skips < exp.config.train.max_consecutive_skips):
     return
   index = done if nonfinite == 'halt' else done - 1  # The failing step's batch index (= its state.step).
-  check = steps.make_gradient_check(exp.program.model, exp.config.optim, exp.program.task)
-  loss, finite = jax.device_get(check(state.replace(step=jnp.int32(index)),
-                                      exp.strategy.place_batch(train_data[index])))
-  bad = [path for path, ok in finite.items() if not ok]
-  what = (f'the gradient of params/{bad[0]} is the first that is not finite' if bad
-          else 'the gradient norm overflowed' if np.isfinite(loss) else 'the loss is not finite')
+  before = state.replace(step=jnp.int32(index))
+  batch = exp.strategy.place_batch(train_data[index])
+  findings = nan.investigate(exp.program, exp.config, exp.splits.image_shape, before, batch)
+  dumped = nan.dump(workdir, exp.config, before, batch, findings)
   saved = ckpt.steps()
   last = f'the last good checkpoint is step {saved[-1]} in {ckpt.directory}' if saved else 'no checkpoint'
   streak = f'{skips} non-finite steps in a row (train.max_consecutive_skips); ' if nonfinite == 'skip' else ''
   raise NonFiniteError(
-      f'training halted at step {index + 1}: {streak}loss={float(loss):.4g}, {what}; {last}. Try a lower '
-      'optim.lr, optim.clip_norm=1.0, or --config.train.nonfinite=skip to drop such updates')
+      f'training halted at step {index + 1}: {streak}{findings.describe()}; {last}; the step is dumped in '
+      f'{dumped} (replay: python -m jaxtrain.diagnostics.nan {dumped}). Try a lower optim.lr, '
+      'optim.clip_norm=1.0, or --config.train.nonfinite=skip to drop such updates')
 
 
 def _save(ckpt: checkpoint.Checkpointer, state, meta: dict, metrics: dict | None = None) -> None:
@@ -276,6 +284,7 @@ def _train(exp: _Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkpointe
   chunk, in_chunk = None, per_chunk
 
   eval_every = config.train.eval_every_steps or exp.steps_per_epoch
+  diag_every, diagnostics = config.diagnostics.every_steps, training_diagnostics.TrainingDiagnostics()
   save_every = config.checkpoint.every_steps or exp.steps_per_epoch
   best = monitor.Best(config.checkpoint.monitor, config.checkpoint.mode).replay(history, start)
   patience = config.early_stopping.patience
@@ -289,8 +298,11 @@ def _train(exp: _Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkpointe
       for step in range(start + 1, exp.total_steps + 1):
         if in_chunk == per_chunk:
           chunk, in_chunk = next(chunks), 0
-        state, metrics = train_step(state, chunk, np.int32(in_chunk))
+        diagnose = diag_every > 0 and step % diag_every == 0
+        state, metrics = (exp.program.diag_step if diagnose else train_step)(state, chunk, np.int32(in_chunk))
         in_chunk += 1
+        if diagnose:
+          diagnostics.add(step, step / exp.steps_per_epoch, metrics.pop('diag'))
         pending.append(metrics)
         writer.advance(1)
         if step == start + 1:
@@ -303,12 +315,14 @@ def _train(exp: _Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkpointe
         save = (config_lib.every(save_every, step, exp.total_steps) or preempted is not None
                 or (config.checkpoint.epoch_end and step % exp.steps_per_epoch == 0))
         if config_lib.every(config.train.log_every_steps, step, exp.total_steps) or evaluate or save:
-          _check_finite(exp, state, train_data, ckpt)
+          _check_finite(exp, state, train_data, ckpt, workdir)
         if config_lib.every(config.train.log_every_steps, step, exp.total_steps):
           record = {'step': step, 'epoch': epoch, **_mean_metrics(pending)}
           if step > last_log[0]:
             record['train/steps_per_sec'] = (step - last_log[0]) / (time.time() - last_log[1])
           writer.write(record)
+          for record in diagnostics.records():
+            writer.write(record)
           pending, last_log = [], (step, time.time())
         evaluation = None
         if evaluate:
@@ -342,12 +356,21 @@ def _train(exp: _Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkpointe
     chunks.close()
     writer.close()
 
+  history = read_metrics(workdir)
   summary = {'steps': steps_done, 'wall_s': time.time() - started, 'best_step': best.step,
-             'best': best.record, 'final': final}
+             'best': best.record, 'final': final, 'diagnosis': _diagnose(history)}
   if stopped_early:
     summary['stopped_early'] = True
   summary_path.write_text(json.dumps(summary, indent=2) + '\n')
-  return Run(workdir=workdir, history=read_metrics(workdir), state=state, summary=summary)
+  return Run(workdir=workdir, history=history, state=state, summary=summary)
+
+
+def _diagnose(history: list[dict]) -> list[dict]:
+  """The learning-curve diagnosis (overfitting, plateau, ...) of a run's history, logged as it is made."""
+  findings = curves.diagnose(history)
+  for finding in findings:
+    log.info('Learning curves: %s (%s); %s', finding['name'], finding['evidence'], finding['advice'])
+  return findings
 
 
 def _final_metrics(exp: _Experiment, eval_step, state, stats: dict, evaluation: dict | None) -> dict:
@@ -379,4 +402,5 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
     raise config_lib.ConfigError(f'no readable checkpoint in {str(ckpt.directory)!r}; train first')
   state = restored.state
   metrics = _final_metrics(exp, exp.program.eval_step, state, json.loads(stats_path.read_text()), None)
-  return {'step': int(jax.device_get(state.step)), **metrics}
+  return {'step': int(jax.device_get(state.step)), **metrics,
+          'diagnosis': _diagnose(read_metrics(workdir))}

@@ -10,26 +10,37 @@ import ml_collections
 import optax
 
 from jaxtrain import optim, tasks
+from jaxtrain.diagnostics import stats
 from jaxtrain.state import TrainState, variables
 
 CLASSIFICATION = tasks.build(ml_collections.ConfigDict({'name': 'classification', 'label_smoothing': 0.0}))
 _AUGMENT_STREAM = 1  # Augmentation draws from fold_in(step key, 1); dropout from the step key itself.
 
 
-def make_loss_fn(model, optim_config, task: tasks.Task = CLASSIFICATION):
+def make_loss_fn(model, optim_config, task: tasks.Task = CLASSIFICATION, capture: bool = False):
   """(params, state, batch[, rng]) -> (objective, (loss, logits, new_model_state)): the task's mean loss
-  plus L1/L2 penalties; dropout draws from `rng`, by default `fold_in(state.rng, state.step)`."""
+  plus L1/L2 penalties; dropout draws from `rng`, by default `fold_in(state.rng, state.step)`. With
+  `capture`, new_model_state['intermediates'] holds every activation layer's output."""
 
   def loss_fn(params, state: TrainState, batch: dict, rng=None):
     rng = jax.random.fold_in(state.rng, state.step) if rng is None else rng
     logits, new_model_state = model.apply(
         variables(state.replace(params=params)), batch['image'], train=True,
-        rngs={'dropout': rng}, mutable=['batch_stats'])
+        rngs={'dropout': rng}, mutable=['batch_stats', 'intermediates'] if capture else ['batch_stats'],
+        capture_intermediates=stats.is_activation if capture else False)
     loss = task.loss(logits, batch).mean()
     objective = loss + optim.penalty(params, optim_config.l1, optim_config.l2)
     return objective, (loss, logits, new_model_state)
 
   return loss_fn
+
+
+def _augmented(augment, state: TrainState, batch: dict) -> dict:
+  """The batch as the step at `state.step` trains on it: `augment(rng, images)` drawn from the step key."""
+  if augment is None:
+    return batch
+  key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), _AUGMENT_STREAM)
+  return {**batch, 'image': augment(key, batch['image'])}
 
 
 def _train_metrics(task: tasks.Task, logits, batch) -> dict:
@@ -39,8 +50,12 @@ def _train_metrics(task: tasks.Task, logits, batch) -> dict:
 
 
 def make_train_step(model, optimizer: optim.Optimizer, optim_config, nonfinite: str = 'halt',
-                    task: tasks.Task = CLASSIFICATION, augment=None):
+                    task: tasks.Task = CLASSIFICATION, augment=None, diagnose: str | None = None):
   """The train step for `model`: augmentation, the task's loss (+ L1/L2 penalties), one optimizer update.
+
+  `diagnose` (the model's activation name) makes the diagnostic variant of the step: its metrics also hold
+  `diag`, per-layer statistics (`diagnostics.stats.training_stats`). The loop runs it only every
+  `diagnostics.every_steps`, so other steps pay nothing.
 
   With `optim.accumulate_steps=k` the batch is split into k micro-batches whose gradients are summed by a
   `lax.scan` inside the step: one update per step, and the only extra buffer is the running gradient sum
@@ -53,15 +68,17 @@ def make_train_step(model, optimizer: optim.Optimizer, optim_config, nonfinite: 
   step and the step that failed. (optax.apply_if_finite skips only the optimizer update: BatchNorm
   statistics would still take the NaN, and after its error budget it applies the bad update.)
   """
-  loss_fn = make_loss_fn(model, optim_config, task)
-  grad_fn = jax.grad(loss_fn, has_aux=True)
   micro_batches = optim_config.accumulate_steps
+  capture = diagnose is not None and micro_batches == 1  # Activations of one micro-batch are enough.
+  grad_fn = jax.grad(make_loss_fn(model, optim_config, task, capture), has_aux=True)
 
   def gradients(state: TrainState, batch: dict, rng):
-    """(mean gradient, mean loss, train metrics, new BatchNorm statistics) over the micro-batches."""
+    """(mean gradient, mean loss, train metrics, new BatchNorm statistics, captured activations) over the
+    micro-batches."""
     if micro_batches == 1:
       grads, (loss, logits, model_state) = grad_fn(state.params, state, batch, rng)
-      return grads, loss, _train_metrics(task, logits, batch), model_state.get('batch_stats', {})
+      return (grads, loss, _train_metrics(task, logits, batch), model_state.get('batch_stats', {}),
+              model_state.get('intermediates'))
 
     def accumulate(carry, micro):
       grads_sum, loss_sum, metrics_sum, batch_stats = carry
@@ -81,13 +98,12 @@ def make_train_step(model, optimizer: optim.Optimizer, optim_config, nonfinite: 
     (grads, loss, metrics, batch_stats), _ = jax.lax.scan(
         accumulate, zeros, (jnp.arange(micro_batches), split))
     mean = lambda tree: jax.tree.map(lambda x: x / micro_batches, tree)  # noqa: E731
-    return mean(grads), loss / micro_batches, mean(metrics), batch_stats
+    return mean(grads), loss / micro_batches, mean(metrics), batch_stats, None
 
   def train_step(state: TrainState, batch: dict):
     rng = jax.random.fold_in(state.rng, state.step)
-    if augment is not None:  # augment(rng, images), e.g. data.augment.build(config.data).
-      batch = {**batch, 'image': augment(jax.random.fold_in(rng, _AUGMENT_STREAM), batch['image'])}
-    grads, loss, task_metrics, new_batch_stats = gradients(state, batch, rng)
+    batch = _augmented(augment, state, batch)
+    grads, loss, task_metrics, new_batch_stats, activations = gradients(state, batch, rng)
     updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.params)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -99,6 +115,8 @@ def make_train_step(model, optimizer: optim.Optimizer, optim_config, nonfinite: 
         'skipped': 1.0 - apply.astype(jnp.float32),
     }
     params = optax.apply_updates(state.params, updates)
+    if diagnose is not None:
+      metrics['diag'] = stats.training_stats(grads, updates, state.params, activations, diagnose)
     updated = (params, opt_state, new_batch_stats or state.batch_stats, _ema(optim_config, state, params))
     params, opt_state, batch_stats, ema = jax.tree.map(
         lambda new, old: jnp.where(apply, new, old), updated,
@@ -125,18 +143,23 @@ def _ema(optim_config, state: TrainState, params):
   return jax.tree.map(lambda average, new: decay * average + (1 - decay) * new, state.ema, params)
 
 
-def make_gradient_check(model, optim_config, task: tasks.Task = CLASSIFICATION):
-  """(state, batch) -> (loss, {parameter path: whether its gradient is finite}): names what went non-finite
-  when a run halts. Built and compiled only then."""
+def make_forensics(model, optim_config, task: tasks.Task = CLASSIFICATION, augment=None):
+  """(state, batch) -> (loss, {module path: output finite}, {parameter path: gradient finite}): the step at
+  `state.step` re-run to find where a non-finite value appears. Built and compiled only when a run halts."""
   loss_fn = make_loss_fn(model, optim_config, task)
 
-  def gradient_check(state: TrainState, batch: dict):
+  def forensics(state: TrainState, batch: dict):
+    batch = _augmented(augment, state, batch)
     grads, (loss, _, _) = jax.grad(loss_fn, has_aux=True)(state.params, state, batch)
-    flat = jax.tree_util.tree_flatten_with_path(grads)[0]
-    return loss, {jax.tree_util.keystr(path, simple=True, separator='/'): jnp.all(jnp.isfinite(g))
-                  for path, g in flat}
+    _, captured = model.apply(variables(state), batch['image'], train=True, capture_intermediates=True,
+                              rngs={'dropout': jax.random.fold_in(state.rng, state.step)},
+                              mutable=['intermediates', 'batch_stats'])
+    finite = lambda tree: {  # noqa: E731
+        jax.tree_util.keystr(path, simple=True, separator='/'): jnp.all(jnp.isfinite(x))
+        for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return loss, finite(captured['intermediates']), finite(grads)
 
-  return jax.jit(gradient_check)
+  return jax.jit(forensics)
 
 
 def make_eval_step(model, task: tasks.Task = CLASSIFICATION, use_ema: bool = False):

@@ -19,6 +19,7 @@ from conftest import CONFIGS, ROOT
 
 import jaxtrain
 from jaxtrain import checkpoint, data, loop
+from jaxtrain.diagnostics import nan
 
 
 def params_hash(state) -> str:
@@ -183,15 +184,23 @@ def poison(monkeypatch, bad_steps):
   monkeypatch.setattr(loop.data, 'train_batches', train_batches)
 
 
-def test_a_nan_halts_at_its_step_naming_the_parameter_and_keeps_the_last_good_checkpoint(
+def test_a_nan_halts_at_its_step_naming_the_layer_and_parameter_and_dumps_a_replayable_step(
     make_config, tmp_path, monkeypatch):
   poison(monkeypatch, {13})
-  with pytest.raises(loop.NonFiniteError, match=r'halted at step 13: loss=nan, the gradient of params/\S+ '
-                                                r'is the first that is not finite; the last good checkpoint '
-                                                r'is step 10'):
+  with pytest.raises(loop.NonFiniteError) as error:
     jaxtrain.fit(make_config(**{'checkpoint.every_steps': 5, 'train.log_every_steps': 4}), tmp_path)
+  message = str(error.value)
+  # The NaN pixel enters the first conv: its output is the first non-finite value in forward order.
+  assert message.startswith('training halted at step 13: loss=nan, the output of Block_0/Conv_0 is the first '
+                            'that is not finite, the gradient of params/Block_0/Conv_0/')
+  assert 'the last good checkpoint is step 10' in message
   steps = checkpoint.Checkpointer(tmp_path / 'checkpoints', make_config().checkpoint, True).steps()
-  assert steps == [5, 10]
+  assert steps == [5, 10]  # Nothing saved at or after the bad step.
+  dump = tmp_path / 'nan_dump' / 'step_13'
+  findings = json.loads((dump / 'findings.json').read_text())
+  assert findings['step'] == 13 and findings['activation'] == 'Block_0/Conv_0'
+  assert np.isnan(np.load(dump / 'batch.npz')['image']).sum() == 1
+  assert 'nan' in nan.replay(dump).lower()  # jax_debug_nans names the primitive that made it.
 
 
 def test_skip_drops_nonfinite_updates_counts_them_and_halts_after_too_many(make_config, tmp_path,

@@ -60,6 +60,37 @@ def saturated_fractions(intermediates, kind: str) -> dict[str, jax.Array]:
   return {name: jnp.mean(SATURATED[kind](y)) for name, y in _outputs(intermediates).items()}
 
 
+def activation_moments(intermediates) -> dict[str, tuple[jax.Array, jax.Array]]:
+  """{activation layer: (mean, std) of its outputs}; a std collapsing towards 0 layer after layer is the
+  signature of vanishing activations (note 004)."""
+  return {name: (jnp.mean(y), jnp.std(y)) for name, y in _outputs(intermediates).items()}
+
+
+def training_stats(grads, updates, params, intermediates, activation: str) -> dict[str, jax.Array]:
+  """The per-layer statistics logged during training as `diag/<statistic>/<layer>` (inside jit).
+
+  Gradient, weight and update norms and the update/weight ratio per layer; per activation layer the
+  output mean and std, the dead fraction (ReLU) or the saturated fraction (sigmoid, tanh).
+  `intermediates` is None when activations were not captured (gradient accumulation).
+  """
+  out = {}
+  for name, norm in layer_norms(grads).items():
+    out[f'grad_norm/{name}'] = norm
+  for name, norm in layer_norms(params).items():
+    out[f'param_norm/{name}'] = norm
+  for name, ratio in update_ratios(updates, params).items():
+    out[f'update_ratio/{name}'] = ratio
+  if intermediates is not None:
+    for name, (mean, std) in activation_moments(intermediates).items():
+      out[f'act_mean/{name}'], out[f'act_std/{name}'] = mean, std
+    if activation in DYING:
+      out.update({f'dead/{name}': value for name, value in dead_fractions(intermediates).items()})
+    if activation in SATURATED:
+      out.update({f'saturated/{name}': value
+                  for name, value in saturated_fractions(intermediates, activation).items()})
+  return out
+
+
 def forward_order(model: nn.Module, image_shape: tuple[int, ...]) -> list[str]:
   """Module paths in the order the forward pass calls them (input first), traced without computing.
 

@@ -1,0 +1,104 @@
+"""NaN forensics: where a non-finite value first appeared, a dump of the failing step, and its replay.
+
+When a run halts on a non-finite loss, the loop still has the state from just before the bad step (the
+step froze it in-graph) and can rebuild that step's batch, so the step is re-run here to name the first
+layer (in forward order) whose output, then the first parameter whose gradient, is not finite. The state,
+the batch and the config go to `workdir/nan_dump/step_<k>/`, and
+
+  python -m jaxtrain.diagnostics.nan runs/x/nan_dump/step_<k>
+
+replays that one step under `jax_debug_nans`, which stops at the first primitive that produced a NaN and
+prints the line of model code it came from.
+"""
+
+import dataclasses
+import json
+import pathlib
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxtrain import checkpoint, steps
+from jaxtrain.diagnostics import stats
+
+DUMP_DIR = 'nan_dump'
+
+
+@dataclasses.dataclass(frozen=True)
+class Findings:
+  loss: float
+  activation: str | None  # The first module (forward order) whose output is not finite.
+  gradient: str | None  # The first parameter (forward order) whose gradient is not finite.
+
+  def describe(self) -> str:
+    parts = [f'loss={self.loss:.4g}']
+    if self.activation:
+      parts.append(f'the output of {self.activation} is the first that is not finite')
+    if self.gradient:
+      parts.append(f'the gradient of params/{self.gradient} is the first that is not finite')
+    if not self.activation and not self.gradient:
+      parts.append('the gradient norm overflowed' if np.isfinite(self.loss) else 'the loss is not finite')
+    return ', '.join(parts)
+
+
+def _first(bad: list[str], order: list[str], module_of) -> str | None:
+  """The first of `bad` in the forward order (`order`) of its module, `module_of(path)`."""
+  position = {module: i for i, module in enumerate(order)}
+  return min(bad, key=lambda path: (position.get(module_of(path), len(order)), path), default=None)
+
+
+def investigate(program, config: ml_collections.ConfigDict, image_shape, state, batch: dict) -> Findings:
+  """Re-runs the step at `state.step` on `batch` (placed) and names where non-finite values first appear."""
+  forensics = steps.make_forensics(program.model, config.optim, program.task, program.augment)
+  loss, outputs, grads = jax.device_get(forensics(state, batch))
+  order = stats.forward_order(program.model, image_shape)
+  modules = [path.removesuffix('__call__/0').rstrip('/') or 'the model' for path, ok in outputs.items()
+             if not ok]
+  # A block's output is bad because a layer inside it is: name the innermost layer.
+  modules = [m for m in modules if not any(other.startswith(m + '/') for other in modules)]
+  parameters = [path for path, ok in grads.items() if not ok]
+  return Findings(loss=float(loss), activation=_first(modules, order, lambda path: path),
+                  gradient=_first(parameters, order, lambda path: path.rsplit('/', 1)[0]))
+
+
+def dump(workdir: pathlib.Path, config: ml_collections.ConfigDict, state, batch: dict,
+         findings: Findings) -> pathlib.Path:
+  """Writes the failing step (state before it, its batch, the config, the findings); returns the folder."""
+  step = int(jax.device_get(state.step)) + 1
+  directory = workdir / DUMP_DIR / f'step_{step}'
+  directory.mkdir(parents=True, exist_ok=True)
+  np.savez(directory / 'batch.npz', **jax.device_get(batch))
+  checkpoint.save_state(directory / 'state', state)
+  (directory / 'config.json').write_text(json.dumps(config.to_dict(), indent=2) + '\n')
+  (directory / 'findings.json').write_text(json.dumps(
+      {'step': step, 'rng': np.asarray(jax.device_get(state.rng)).tolist(), **dataclasses.asdict(findings),
+       'replay': f'python -m jaxtrain.diagnostics.nan {directory}'}, indent=2) + '\n')
+  return directory
+
+
+def replay(directory: pathlib.Path) -> str:
+  """Runs the dumped step under jax_debug_nans; returns the error JAX raises (where the NaN was made)."""
+  from jaxtrain import loop  # The loop imports this module; import it only when replaying.
+
+  config = ml_collections.ConfigDict(json.loads((directory / 'config.json').read_text()))
+  exp = loop._prepare(config, None)
+  state = checkpoint.load_state(directory / 'state', jax.eval_shape(exp.new_state))
+  batch = dict(np.load(directory / 'batch.npz'))
+  step = steps.make_train_step(exp.program.model, exp.program.optimizer, config.optim, 'skip',
+                               exp.program.task, exp.program.augment)
+  jax.config.update('jax_debug_nans', True)
+  try:
+    jax.block_until_ready(jax.jit(step)(state, batch))
+  except FloatingPointError as e:
+    return str(e)
+  finally:
+    jax.config.update('jax_debug_nans', False)
+  return 'the step ran without producing a NaN under jax_debug_nans (an inf, or a nondeterministic NaN)'
+
+
+if __name__ == '__main__':
+  if len(sys.argv) != 2:
+    sys.exit('usage: python -m jaxtrain.diagnostics.nan WORKDIR/nan_dump/step_<k>')
+  print(replay(pathlib.Path(sys.argv[1])))

@@ -1,0 +1,56 @@
+"""Per-layer statistics during training: collected on the device, written at log steps, alerts once.
+
+The diagnostic train step (`steps.make_train_step(..., diagnose=...)`) returns `metrics['diag']`; the loop
+hands it here and goes on without waiting. At the next log step everything collected is fetched in one
+transfer and written as `diag/<statistic>/<layer>` records; a layer crossing a threshold is reported once
+per run (not at every step), with the note's advice.
+"""
+
+import logging
+
+import jax
+
+log = logging.getLogger('jaxtrain')
+
+# (statistic, is the value alarming?, what it means and what to do); thresholds follow notes 002-004.
+ALERTS = (
+    ('grad_norm', lambda v: v < 1e-7, 'vanishing gradient: use ReLU with He init, BatchNorm or residuals'),
+    ('grad_norm', lambda v: v > 1e3, 'exploding gradient: set optim.clip_norm=1.0 or lower optim.lr'),
+    ('update_ratio', lambda v: v > 0.1, 'updates above 10% of the weights per step: lower optim.lr or clip'),
+    ('dead', lambda v: v > 0.5, 'over half the ReLU units are dead: lower optim.lr, check model.bias_init '
+                                'or use leaky_relu'),
+    ('saturated', lambda v: v > 0.5, 'over half the units are saturated: normalize the inputs, use '
+                                     'BatchNorm or ReLU'),
+)
+
+
+class TrainingDiagnostics:
+  """Collects the diagnostic steps' statistics and turns them into metrics.jsonl records."""
+
+  def __init__(self):
+    self._pending: list[tuple[int, float, dict]] = []
+    self._alerted: set[tuple[str, str]] = set()
+
+  def add(self, step: int, epoch: float, diag: dict) -> None:
+    self._pending.append((step, epoch, diag))
+
+  def records(self) -> list[dict]:
+    """The records of every statistic collected since the last call (one device-to-host transfer)."""
+    if not self._pending:
+      return []
+    fetched = jax.device_get([diag for _, _, diag in self._pending])
+    records = []
+    for (step, epoch, _), diag in zip(self._pending, fetched, strict=True):
+      records.append({'step': step, 'epoch': epoch,
+                      **{f'diag/{key}': float(value) for key, value in sorted(diag.items())}})
+      self._alert(step, diag)
+    self._pending = []
+    return records
+
+  def _alert(self, step: int, diag: dict) -> None:
+    for key, value in diag.items():
+      statistic, layer = key.split('/', 1)
+      for name, alarming, advice in ALERTS:
+        if name == statistic and alarming(value) and (advice, layer) not in self._alerted:
+          self._alerted.add((advice, layer))
+          log.warning('diagnostics at step %d: %s of %s is %.3g; %s', step, statistic, layer, value, advice)
