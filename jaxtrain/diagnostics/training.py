@@ -9,6 +9,7 @@ per run (not at every step), with the note's advice.
 import logging
 
 import jax
+import jax.numpy as jnp
 
 log = logging.getLogger('jaxtrain')
 
@@ -22,6 +23,12 @@ ALERTS = (
     ('saturated', lambda v: v > 0.5, 'over half the units are saturated: normalize the inputs, use '
                                      'BatchNorm or ReLU'),
 )
+
+
+@jax.jit
+def _stack(diags: list[dict]) -> dict:
+  """One array per statistic: fetching thousands of device scalars one by one would cost ~15 us each."""
+  return jax.tree.map(lambda *values: jnp.stack(values), *diags)
 
 
 class TrainingDiagnostics:
@@ -38,11 +45,11 @@ class TrainingDiagnostics:
     """The records of every statistic collected since the last call (one device-to-host transfer)."""
     if not self._pending:
       return []
-    fetched = jax.device_get([diag for _, _, diag in self._pending])
+    stacked = jax.device_get(_stack([diag for _, _, diag in self._pending]))
     records = []
-    for (step, epoch, _), diag in zip(self._pending, fetched, strict=True):
-      records.append({'step': step, 'epoch': epoch,
-                      **{f'diag/{key}': float(value) for key, value in sorted(diag.items())}})
+    for i, (step, epoch, _) in enumerate(self._pending):
+      diag = {key: float(values[i]) for key, values in sorted(stacked.items())}
+      records.append({'step': step, 'epoch': epoch, **{f'diag/{key}': value for key, value in diag.items()}})
       self._alert(step, diag)
     self._pending = []
     return records
