@@ -125,7 +125,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.early_stopping.min_delta = 0.0
 
   c.parallel = ml_collections.ConfigDict()
-  c.parallel.strategy = 'auto'
+  c.parallel.strategy = 'auto'  # auto|single|mesh|pmap (jaxtrain/parallel.py).
+  c.parallel.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1})  # mesh: -1 = the remaining devices.
+  c.parallel.fsdp_min_size = 4096  # Under fsdp > 1, arrays with fewer elements stay replicated.
 
   # --mode sweep (jaxtrain/experiments/sweep.py): Optuna trials, each a normal run in workdir/trials/<n>/.
   c.sweep = ml_collections.ConfigDict()

@@ -24,6 +24,7 @@ from jaxtrain import state as state_lib
 from jaxtrain.data import augment
 from jaxtrain.diagnostics import curves, nan
 from jaxtrain.diagnostics import training as training_diagnostics
+from jaxtrain.experiments import transfer
 from jaxtrain.logging import MetricWriter, plot_history, read_metrics
 
 log = logging.getLogger('jaxtrain')
@@ -79,20 +80,23 @@ def _program(config: ml_collections.FrozenConfigDict, num_classes: int, image_sh
   (a re-run notebook cell, another seed) reuses the jitted functions and compiles nothing."""
   task = tasks.build(config.task)
   model = models.build(config.model, task.outputs(num_classes))
+  if config.optim.freeze:
+    model = transfer.FrozenBatchStats(model, config.optim)
   optimizer = optim.build(config.optim, total_steps)
   ema = config.optim.ema_decay > 0
   augment_fn = augment.build(config.data)
   make_step = functools.partial(steps.make_train_step, model, optimizer, config.optim, config.train.nonfinite,
                                 task, augment_fn)
+  create = functools.partial(state_lib.create, model, optimizer.tx, image_shape, ema=ema)
+  abstract_state = jax.eval_shape(create, 0)
   return _Program(
       model=model, optimizer=optimizer, task=task, augment=augment_fn,
-      create_state=strategy.jit_create_state(
-          functools.partial(state_lib.create, model, optimizer.tx, image_shape, ema=ema)),
-      train_step=strategy.jit_chunk_train_step(make_step()),
-      diag_step=strategy.jit_chunk_train_step(make_step(diagnose=config.model.activation))
+      create_state=strategy.jit_create_state(create),
+      train_step=strategy.jit_chunk_train_step(make_step(), abstract_state),
+      diag_step=strategy.jit_chunk_train_step(make_step(diagnose=config.model.activation), abstract_state)
       if config.diagnose else None,
       eval_step=strategy.jit_eval_step(
-          steps.make_eval_step(model, task, use_ema=ema and config.optim.ema_eval)))
+          steps.make_eval_step(model, task, use_ema=ema and config.optim.ema_eval), abstract_state))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +155,11 @@ def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path | None) ->
   output = jax.eval_shape(lambda s: program.model.apply(
       state_lib.variables(s), jnp.zeros((1, *splits.image_shape)), train=False), abstract_state)
   program.task.check(output.shape[1:], splits.num_classes)
+  if config.optim.freeze or config.optim.lr_multipliers:
+    log.info('Optimizer rules per parameter:\n%s',
+             optim.rules_table(optim.parameter_rules(config.optim, abstract_state.params)))
+  if config.init_from:
+    transfer.source_config(config.init_from)
   if workdir and (workdir / checkpoint.CHECKPOINT_DIR).is_dir():
     _read_only(workdir / checkpoint.CHECKPOINT_DIR, config).check_fits(abstract_state)
     _check_resumable(config, workdir)
@@ -227,9 +236,14 @@ def _save(ckpt: checkpoint.Checkpointer, state, meta: dict, metrics: dict | None
   ckpt.save(state, data.stream_state(int(jax.device_get(state.step))), meta, metrics)
 
 
-def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = None) -> Run:
+def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = None,
+        on_eval: Callable[[int, dict], None] | None = None) -> Run:
   """Trains the configured run in `workdir` (a temporary directory when None), resuming from its newest
-  readable checkpoint (or `checkpoint.restore_from`) when there is one.
+  readable checkpoint (or `checkpoint.restore_from`) when there is one; a fresh run starts from
+  `init_from`'s matching weights when set.
+
+  `on_eval(step, eval record)` is called after each evaluation (a sweep reports it to its pruner); an
+  exception it raises stops the run with the checkpoints closed.
 
   SIGTERM or SIGINT finishes the current step, saves and raises checkpoint.Preempted; a non-finite loss
   raises NonFiniteError under train.nonfinite='halt'. With early stopping the returned state is the best.
@@ -249,15 +263,15 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = 
       if restored is None:
         raise config_lib.ConfigError(
             f'no readable checkpoint in checkpoint.restore_from={config.checkpoint.restore_from!r}')
-    return _train(exp, workdir, ckpt, restored, abstract_state)
+    return _train(exp, workdir, ckpt, restored, abstract_state, on_eval)
   finally:
     ckpt.close()
 
 
 def _train(exp: _Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkpointer,
-           restored: checkpoint.Restored | None, abstract_state) -> Run:
+           restored: checkpoint.Restored | None, abstract_state, on_eval=None) -> Run:
   config = exp.config
-  state = restored.state if restored else exp.new_state()
+  state = restored.state if restored else _initial_state(exp)
   start = restored.step if restored else 0
   if restored:
     log.info('Resuming from step %d in %s', start, workdir)
@@ -328,6 +342,8 @@ def _train(exp: _Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkpointe
         if evaluate:
           evaluation = _evaluate(eval_step, state, data.iterate(eval_data), exp.strategy, 'eval')
           writer.write({'step': step, 'epoch': epoch, **evaluation})
+          if on_eval:
+            on_eval(step, evaluation)
           state = state.replace(
               opt_state=exp.program.optimizer.observe(state.opt_state, evaluation['eval/loss']))
           # Every improving evaluation is saved so the best state survives (keep_best) and can be returned.
@@ -371,6 +387,20 @@ def _diagnose(history: list[dict]) -> list[dict]:
   for finding in findings:
     log.info('Learning curves: %s (%s); %s', finding['name'], finding['evidence'], finding['advice'])
   return findings
+
+
+def _initial_state(exp: _Experiment):
+  """A fresh state; with `init_from`, its parameters and BatchNorm statistics where path and shape match."""
+  state = exp.new_state()
+  if not exp.config.init_from:
+    return state
+  source_config = transfer.source_config(exp.config.init_from)
+  source = _read_only(checkpoint.checkpoint_dir(exp.config.init_from), source_config)
+  restored = source.restore(jax.eval_shape(_prepare(source_config, None).new_state))
+  source.close()
+  if restored is None:
+    raise config_lib.ConfigError(f'no readable checkpoint in init_from={exp.config.init_from!r}')
+  return transfer.initialize(state, restored.state, exp.config.init_from)
 
 
 def _final_metrics(exp: _Experiment, eval_step, state, stats: dict, evaluation: dict | None) -> dict:

@@ -1,11 +1,24 @@
-"""The only module that knows about devices: meshes, shardings, and jitting the steps onto them.
+"""The only module that knows about devices: meshes, shardings, and compiling the steps onto them.
 
-A step is written once for the global batch; under `jax.jit` with a data-parallel mesh XLA splits the batch
-across devices and inserts the gradient all-reduce (BatchNorm statistics are over the global batch too).
-`single` is the same program on a one-device mesh.
+A step is written once, for one batch (steps.py). The strategies wrap it:
+
+* `single`: one device.
+* `mesh`: `jax.jit` over a Mesh with axes ('data', 'fsdp') from `parallel.mesh`. The global batch is split
+  over every device; XLA inserts the gradient all-reduce, and BatchNorm statistics and dropout see the global
+  batch. Parameters and optimizer state are replicated, or with fsdp > 1 each large array is sharded along
+  its largest dimension that `fsdp` divides (FSDP), so each device holds 1/fsdp of it.
+* `pmap`: the per-device program of `jax.pmap` (each device runs the step on its slice of the batch, with
+  gradients, metrics and BatchNorm statistics averaged by `lax.pmean` over the axis 'batch'), written with
+  `jax.shard_map`, which is what jax.pmap is built on today. The state stays one global (replicated) array,
+  so the loop, checkpoints and eval are the same for every strategy and a run can resume under another.
+* `auto`: `mesh` (data parallel) when there is more than one device, else `single`.
+
+State is born on its devices with its sharding (`jax.jit(create, out_shardings=...)` from the abstract
+state of `jax.eval_shape`), and the train step donates it.
 """
 
 import dataclasses
+import math
 
 import jax
 import numpy as np
@@ -13,15 +26,28 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxtrain.config import ConfigError, lookup
+from jaxtrain.models import layers
 
-STRATEGIES = ('auto', 'single', 'mesh')
+STRATEGIES = ('auto', 'single', 'mesh', 'pmap')
+PMAP_AXIS = 'batch'
 
 
 @dataclasses.dataclass(frozen=True)
 class Strategy:
-  """Where state and batches live, and the jitted steps."""
+  """Where state and batches live, and the compiled steps. Hashable: compiled programs are cached by it."""
 
-  mesh: Mesh
+  mesh: Mesh  # Axes ('data', 'fsdp'); `pmap` uses the data axis alone.
+  fsdp_min_size: int = 0  # Arrays with fewer elements stay replicated under fsdp.
+  per_device: bool = False  # The pmap strategy.
+
+  @property
+  def num_devices(self) -> int:
+    return self.mesh.size
+
+  @property
+  def batch_axes(self) -> tuple[str, ...]:
+    """A batch is split over every axis: ('data', 'fsdp'), or pmap's one axis."""
+    return tuple(self.mesh.axis_names)
 
   @property
   def replicated(self) -> NamedSharding:
@@ -29,33 +55,59 @@ class Strategy:
 
   @property
   def data_sharded(self) -> NamedSharding:
-    return NamedSharding(self.mesh, P('data'))
+    """Batches: split along their first axis over every device."""
+    return NamedSharding(self.mesh, P(self.batch_axes))
 
   @property
   def chunk_sharded(self) -> NamedSharding:
-    """Chunks of batches, (steps, batch, ...): each batch split across the data axis."""
-    return NamedSharding(self.mesh, P(None, 'data'))
+    """Chunks of batches, (steps, batch, ...): each batch split over every device."""
+    return NamedSharding(self.mesh, P(None, self.batch_axes))
 
-  @property
-  def num_devices(self) -> int:
-    return self.mesh.size
+  def state_shardings(self, abstract_state):
+    """Replicated, or under fsdp each array of >= fsdp_min_size elements sharded along its largest
+    dimension divisible by the fsdp axis (optimizer moments shaped like a kernel follow the kernel)."""
+    fsdp = self.mesh.shape.get('fsdp', 1)
+
+    def sharding(leaf) -> NamedSharding:
+      if fsdp == 1 or leaf.size < self.fsdp_min_size:
+        return self.replicated
+      for dim in sorted(range(leaf.ndim), key=lambda d: -leaf.shape[d]):
+        if leaf.shape[dim] % fsdp == 0:
+          return NamedSharding(self.mesh, P(*[None] * dim, 'fsdp'))
+      return self.replicated
+
+    return jax.tree.map(sharding, abstract_state)
 
   def jit_create_state(self, create_fn):
-    """`create_fn` under jit, so the state is born on its devices (no host copy)."""
-    return jax.jit(create_fn, out_shardings=self.replicated)
+    """`create_fn(seed)` under jit, so the state is born on its devices with its sharding (no host copy)."""
+    return jax.jit(create_fn, out_shardings=self.state_shardings(jax.eval_shape(create_fn, 0)))
 
-  def jit_chunk_train_step(self, train_step):
+  def jit_chunk_train_step(self, train_step, abstract_state):
     """The train step fed from a chunk of batches on the device: `(state, chunk, k)` trains on `chunk[k]`.
 
     One transfer then serves several steps (see `data.chunk_steps`); the slice happens inside the jit.
     """
+    if self.per_device:
+      train_step = self._per_device(train_step)
+
     def step_on_chunk(state, chunk, k):
       return train_step(state, jax.tree.map(lambda x: x[k], chunk))
-    return jax.jit(step_on_chunk, in_shardings=(self.replicated, self.chunk_sharded, self.replicated),
-                   out_shardings=(self.replicated, self.replicated), donate_argnums=0)
 
-  def jit_eval_step(self, eval_step):
-    return jax.jit(eval_step, in_shardings=(self.replicated, self.data_sharded),
+    state_sharding = self.state_shardings(abstract_state)
+    return jax.jit(step_on_chunk, in_shardings=(state_sharding, self.chunk_sharded, self.replicated),
+                   out_shardings=(state_sharding, self.replicated), donate_argnums=0)
+
+  def _per_device(self, train_step):
+    """pmap semantics: each device steps on its slice of the batch; the layers and the step average over
+    the axis (BatchNorm statistics, dropout's example indices: `layers.data_parallel_axis`)."""
+    def per_device(state, batch):
+      with layers.data_parallel_axis(PMAP_AXIS):
+        return train_step(state, batch)
+    return jax.shard_map(per_device, mesh=self.mesh, in_specs=(P(), P(PMAP_AXIS)), out_specs=(P(), P()))
+
+  def jit_eval_step(self, eval_step, abstract_state):
+    """Eval on every device: each batch split over all of them; sums over the real examples."""
+    return jax.jit(eval_step, in_shardings=(self.state_shardings(abstract_state), self.data_sharded),
                    out_shardings=self.replicated)
 
   def place_batch(self, batch: dict) -> dict:
@@ -65,15 +117,39 @@ class Strategy:
     return jax.device_put(chunk, self.chunk_sharded)
 
 
+def _mesh_shape(mesh_config, num_devices: int) -> tuple[int, int]:
+  """(data, fsdp) from `parallel.mesh`; one axis may be -1 (all the devices the other leaves)."""
+  sizes = {'data': mesh_config.data, 'fsdp': mesh_config.fsdp}
+  for axis, size in sizes.items():
+    if size == 0 or size < -1:
+      raise ConfigError(f'parallel.mesh.{axis}={size} is out of range; give a positive size or -1')
+  if list(sizes.values()).count(-1) > 1:
+    raise ConfigError('parallel.mesh has -1 on both axes; set at most one to -1 (all remaining devices)')
+  known = math.prod(size for size in sizes.values() if size != -1)
+  if num_devices % known:
+    raise ConfigError(f'parallel.mesh data={sizes["data"]} x fsdp={sizes["fsdp"]} does not divide the '
+                      f'{num_devices} devices; make the product of the axes divide {num_devices}')
+  sizes = {axis: num_devices // known if size == -1 else size for axis, size in sizes.items()}
+  if sizes['data'] * sizes['fsdp'] != num_devices:
+    raise ConfigError(f'parallel.mesh data={sizes["data"]} x fsdp={sizes["fsdp"]} uses '
+                      f'{sizes["data"] * sizes["fsdp"]} devices but there are {num_devices}; '
+                      'set one axis to -1 to use them all')
+  return sizes['data'], sizes['fsdp']
+
+
 def make(parallel_config, batch_sizes: dict[str, int]) -> Strategy:
   """The configured strategy; every batch size must split evenly across the data-parallel devices."""
-  name = parallel_config.strategy
-  lookup(STRATEGIES, 'parallel.strategy', name)
+  name = lookup(STRATEGIES, 'parallel.strategy', parallel_config.strategy)
   devices = jax.devices()
   if name == 'single' or (name == 'auto' and len(devices) == 1):
     devices = devices[:1]
+  data, fsdp = (len(devices), 1) if name in ('auto', 'single', 'pmap') else _mesh_shape(
+      parallel_config.mesh, len(devices))
   for key, size in batch_sizes.items():
     if size % len(devices):
       raise ConfigError(f'{key}={size} does not divide evenly across {len(devices)} devices; '
                         f'use a multiple of {len(devices)} or --config.parallel.strategy=single')
-  return Strategy(Mesh(np.asarray(devices), ('data',)))
+  mesh = Mesh(np.asarray(devices).reshape(data, fsdp), ('data', 'fsdp'))
+  if name == 'pmap':
+    mesh = Mesh(np.asarray(devices), (PMAP_AXIS,))
+  return Strategy(mesh=mesh, fsdp_min_size=parallel_config.fsdp_min_size, per_device=name == 'pmap')

@@ -11,6 +11,7 @@ import optax
 
 from jaxtrain import optim, tasks
 from jaxtrain.diagnostics import stats
+from jaxtrain.models import layers
 from jaxtrain.state import TrainState, variables
 
 CLASSIFICATION = tasks.build(ml_collections.ConfigDict({'name': 'classification', 'label_smoothing': 0.0}))
@@ -104,6 +105,9 @@ def make_train_step(model, optimizer: optim.Optimizer, optim_config, nonfinite: 
     rng = jax.random.fold_in(state.rng, state.step)
     batch = _augmented(augment, state, batch)
     grads, loss, task_metrics, new_batch_stats, activations = gradients(state, batch, rng)
+    axis = layers.current_data_axis()
+    if axis:  # pmap: each device has seen its slice of the batch; average as one batch would.
+      grads, loss, task_metrics = jax.lax.pmean((grads, loss, task_metrics), axis)
     updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.params)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -117,6 +121,8 @@ def make_train_step(model, optimizer: optim.Optimizer, optim_config, nonfinite: 
     params = optax.apply_updates(state.params, updates)
     if diagnose is not None:
       metrics['diag'] = stats.training_stats(grads, updates, state.params, activations, diagnose)
+      if axis:
+        metrics['diag'] = jax.lax.pmean(metrics['diag'], axis)
     updated = (params, opt_state, new_batch_stats or state.batch_stats, _ema(optim_config, state, params))
     params, opt_state, batch_stats, ema = jax.tree.map(
         lambda new, old: jnp.where(apply, new, old), updated,

@@ -41,5 +41,5 @@ class Block(nn.Module):
     if self.dropout > 0:
       # Spatial dropout zeroes whole feature maps: neighbouring pixels are too correlated for unit dropout.
       broadcast = (1, 2) if self.spatial_dropout and x.ndim == 4 else ()
-      x = nn.Dropout(self.dropout, broadcast_dims=broadcast, deterministic=not train)(x)
+      x = layers.Dropout(self.dropout, broadcast_dims=broadcast, deterministic=not train)(x)
     return x

@@ -3,8 +3,11 @@
 Names are parsed once, when the model is built, so a typo fails before training with the list of choices.
 """
 
+import contextlib
+import contextvars
 import functools
 import re
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -133,7 +136,54 @@ def normalization(name: str, train: bool, **kwargs):
   norm = lookup(NORMS, 'model.norm', name)
   if norm is None:
     return None
-  return norm(use_running_average=not train, **kwargs) if name == 'batch' else norm(**kwargs)
+  if name == 'batch':  # Under pmap, the batch statistics are those of the global batch.
+    return norm(use_running_average=not train, axis_name=_DATA_AXIS.get(), **kwargs)
+  return norm(**kwargs)
+
+
+# The pmap axis the batch is split over, while parallel.py traces a step under pmap; None otherwise. Layers
+# whose result depends on the whole batch (BatchNorm, dropout's example indices) read it when traced, so
+# models need no parallelism argument.
+_DATA_AXIS = contextvars.ContextVar('jaxtrain_data_axis', default=None)
+
+
+def current_data_axis() -> str | None:
+  return _DATA_AXIS.get()
+
+
+@contextlib.contextmanager
+def data_parallel_axis(name: str):
+  token = _DATA_AXIS.set(name)
+  try:
+    yield
+  finally:
+    _DATA_AXIS.reset(token)
+
+
+class Dropout(nn.Module):
+  """Dropout whose mask for an example depends only on the key and the example's index in the global batch.
+
+  So one device, a mesh and pmap (each device seeing a slice of the batch) drop the same units and train
+  identically; flax's nn.Dropout draws one mask for the array it is given, which changes with the split.
+  `broadcast_dims` share the mask along those axes (1, 2 for spatial dropout of NHWC maps).
+  """
+
+  rate: float
+  broadcast_dims: Sequence[int] = ()
+  deterministic: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    if self.deterministic or self.rate == 0:
+      return x
+    keep = 1.0 - self.rate
+    axis = _DATA_AXIS.get()
+    first = jax.lax.axis_index(axis) * x.shape[0] if axis else 0
+    keys = jax.vmap(functools.partial(jax.random.fold_in, self.make_rng('dropout')))(
+        first + jnp.arange(x.shape[0]))
+    shape = [1 if dim in self.broadcast_dims else size for dim, size in enumerate(x.shape)][1:]
+    mask = jax.vmap(lambda key: jax.random.bernoulli(key, keep, shape))(keys)
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
 # Parameters stay float32 whatever the compute dtype: bf16 updates of small weights would round to nothing.

@@ -113,7 +113,7 @@ class ResNet(nn.Module):
                           zero_init_residual=self.zero_init_residual, **conv)(x, train)
     x = x.mean(axis=(1, 2))
     if self.dropout > 0:
-      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      x = layers.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, kernel_init=self.kernel_init, bias_init=self.bias_init,
                     dtype=self.dtype, name='head')(x).astype(jnp.float32)
 

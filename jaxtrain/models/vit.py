@@ -35,13 +35,13 @@ class EncoderBlock(nn.Module):
     y = nn.LayerNorm(dtype=self.dtype)(x)
     # The softmax runs in float32 even in bf16: its sums over many tokens lose too much in 8 mantissa bits.
     y = nn.MultiHeadDotProductAttention(self.num_heads, force_fp32_for_softmax=True, **dense)(y)
-    x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
+    x = x + layers.Dropout(self.dropout, deterministic=not train)(y)
     y = nn.LayerNorm(dtype=self.dtype)(x)
     y = nn.Dense(self.mlp_dim, **dense)(y)
     y = layers.Activation(self.activation)(y)
-    y = nn.Dropout(self.dropout, deterministic=not train)(y)
+    y = layers.Dropout(self.dropout, deterministic=not train)(y)
     y = nn.Dense(x.shape[-1], **dense)(y)
-    return x + nn.Dropout(self.dropout, deterministic=not train)(y)
+    return x + layers.Dropout(self.dropout, deterministic=not train)(y)
 
 
 class ViT(nn.Module):
@@ -75,7 +75,7 @@ class ViT(nn.Module):
       token = self.param('cls', nn.initializers.zeros, (1, 1, self.width))
       x = jnp.concatenate([jnp.broadcast_to(token.astype(x.dtype), (x.shape[0], 1, self.width)), x], 1)
     position = self.param('pos_embedding', nn.initializers.normal(0.02), (1, *x.shape[1:]))
-    x = nn.Dropout(self.dropout, deterministic=not train)(x + position.astype(x.dtype))
+    x = layers.Dropout(self.dropout, deterministic=not train)(x + position.astype(x.dtype))
     for _ in range(self.num_layers):
       x = EncoderBlock(self.num_heads, self.mlp_dim, activation=self.activation, dropout=self.dropout,
                        **dense)(x, train)
