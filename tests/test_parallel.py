@@ -1,32 +1,91 @@
-"""Data parallel on simulated CPU devices: same losses as one device, clear error on indivisible batches."""
+"""Data parallel on 8 simulated CPU devices: single, pmap, mesh and FSDP train alike; clear errors."""
 
 import json
 import os
 import subprocess
 import sys
 
+import pytest
 from conftest import CONFIGS, ROOT
 
+# Runs in a subprocess: the device count is fixed when JAX starts.
+STRATEGIES_SCRIPT = '''
+import json, sys
+import jax
+import jaxtrain
 
-def train_losses(tmp_path, name: str, devices: int, data_dir: str) -> list[float]:
-  """Trains 20 steps in a subprocess (the device count is fixed when JAX starts)."""
-  workdir = tmp_path / name
-  command = [sys.executable, '-m', 'jaxtrain.main', '--config', str(CONFIGS / 'digits_cnn.py'),
-             f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
-             '--config.train.num_steps=20', '--config.train.log_every_steps=1',
-             '--config.train.progress_bar=False', '--config.model.dropout=0.2']
-  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
-  result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+def device_bytes(tree):
+  """Bytes of `tree` held by the first device."""
+  first = jax.devices()[0]
+  return sum(shard.data.nbytes for leaf in jax.tree.leaves(tree) for shard in leaf.addressable_shards
+             if shard.device == first)
+
+strategies = {
+    'single': {'parallel.strategy': 'single'},
+    'pmap': {'parallel.strategy': 'pmap'},
+    'mesh': {'parallel.strategy': 'mesh'},
+    'fsdp': {'parallel.strategy': 'mesh', 'parallel.mesh.data': 4, 'parallel.mesh.fsdp': 2},
+}
+out = {}
+for name, overrides in strategies.items():
+  config = jaxtrain.load_config(sys.argv[1], {
+      'data.data_dir': sys.argv[2], 'train.num_steps': 20, 'train.log_every_steps': 1,
+      'train.progress_bar': False, 'model.dropout': 0.2, **overrides})
+  run = jaxtrain.fit(config)
+  kernel = run.state.params['Block_1']['Conv_0']['kernel']
+  out[name] = {'losses': [r['train/loss'] for r in run.history if 'train/loss' in r],
+               'kernel_spec': str(kernel.sharding.spec), 'state_bytes': device_bytes(run.state),
+               'test_accuracy': run.summary['final']['test/accuracy']}
+print(json.dumps(out))
+'''
+
+
+def run_on_8_devices(*args) -> subprocess.CompletedProcess:
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+
+
+@pytest.fixture(scope='module')
+def strategies(tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp('tfds')
+  result = run_on_8_devices('-c', STRATEGIES_SCRIPT, str(CONFIGS / 'digits_cnn.py'), str(data_dir))
   assert result.returncode == 0, result.stderr
-  records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
-  return [r['train/loss'] for r in records if 'train/loss' in r]
+  return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_eight_device_mesh_matches_one_device(tmp_path, data_dir):
-  """BatchNorm over the global batch and dropout keyed by step make the split invisible."""
-  single = train_losses(tmp_path, 'single', 1, data_dir)
-  mesh = train_losses(tmp_path, 'mesh', 8, data_dir)
-  assert len(single) == len(mesh) == 20
-  for a, b in zip(single, mesh, strict=True):
+@pytest.mark.parametrize('name', ['pmap', 'mesh', 'fsdp'])
+def test_every_strategy_trains_like_one_device(strategies, name):
+  """BatchNorm over the global batch and dropout keyed by example make the split invisible."""
+  single, other = strategies['single']['losses'], strategies[name]['losses']
+  assert len(single) == len(other) == 20
+  for a, b in zip(single, other, strict=True):
     assert abs(a - b) <= 1e-5 * max(1.0, abs(a))
   assert single[-1] < single[0]
+  assert abs(strategies[name]['test_accuracy'] - strategies['single']['test_accuracy']) <= 1 / 360
+
+
+def test_fsdp_shards_large_kernels_and_holds_less_per_device(strategies):
+  assert strategies['fsdp']['kernel_spec'] == "P(None, None, None, 'fsdp')"
+  assert strategies['mesh']['kernel_spec'] == 'P()'
+  assert strategies['fsdp']['state_bytes'] < 0.7 * strategies['mesh']['state_bytes']
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (['--config.parallel.strategy=mesh', '--config.parallel.mesh.data=3'],
+     'parallel.mesh data=3 x fsdp=1 does not divide the 8 devices'),
+    (['--config.parallel.strategy=mesh', '--config.parallel.mesh.data=2', '--config.parallel.mesh.fsdp=2'],
+     'uses 4 devices but there are 8'),
+    (['--config.parallel.strategy=mesh', '--config.parallel.mesh.fsdp=-1', '--config.parallel.mesh.data=-1'],
+     'has -1 on both axes'),
+    (['--config.parallel.strategy=pmap', '--config.data.batch_size=36'],
+     'data.batch_size=36 does not divide evenly across 8 devices'),
+], ids=['indivisible-mesh', 'mesh-too-small', 'two-minus-ones', 'indivisible-batch'])
+def test_device_mistakes_exit_2_with_one_error_line(tmp_path, overrides, message):
+  result = run_on_8_devices('-m', 'jaxtrain.main', '--config', str(CONFIGS / 'digits_cnn.py'),
+                            f'--workdir={tmp_path / "run"}', f'--config.data.data_dir={tmp_path / "tfds"}',
+                            '--config.train.num_steps=2', *overrides)
+  assert result.returncode == 2, result.stderr
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and message in errors[0], result.stderr
+  assert not (tmp_path / 'run').exists()
