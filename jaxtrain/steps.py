@@ -30,6 +30,11 @@ def make_loss_fn(model, optim_config, task: tasks.Task = CLASSIFICATION, capture
         rngs={'dropout': rng}, mutable=['batch_stats', 'intermediates'] if capture else ['batch_stats'],
         capture_intermediates=stats.is_activation if capture else False)
     loss = task.loss(logits, batch).mean()
+    axis = layers.current_data_axis()
+    if axis:  # pmap: the mean over the devices' slices is the global batch's mean loss. Its gradient with
+      # respect to the replicated parameters is then the global one: shard_map's autodiff sums the
+      # per-device contributions itself (a pmean of the gradients would count them n times).
+      loss = jax.lax.pmean(loss, axis)
     objective = loss + optim.penalty(params, optim_config.l1, optim_config.l2)
     return objective, (loss, logits, new_model_state)
 
@@ -106,8 +111,8 @@ def make_train_step(model, optimizer: optim.Optimizer, optim_config, nonfinite: 
     batch = _augmented(augment, state, batch)
     grads, loss, task_metrics, new_batch_stats, activations = gradients(state, batch, rng)
     axis = layers.current_data_axis()
-    if axis:  # pmap: each device has seen its slice of the batch; average as one batch would.
-      grads, loss, task_metrics = jax.lax.pmean((grads, loss, task_metrics), axis)
+    if axis:  # pmap: each device's metrics are of its slice of the batch.
+      task_metrics = jax.lax.pmean(task_metrics, axis)
     updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.params)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
