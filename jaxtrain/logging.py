@@ -42,17 +42,19 @@ class MetricWriter:
   """
 
   def __init__(self, workdir: pathlib.Path, total_steps: int, initial_step: int, progress_bar: bool,
-               logged: list[dict] = ()):
+               logged: list[dict] = (), primary: bool = True):
     self._logged = {_kind(record) for record in logged}
-    _drop_partial_line(workdir / METRICS_FILE)
-    self._jsonl = (workdir / METRICS_FILE).open('a')
-    self._tb = SummaryWriter(str(workdir / 'tb'))
-    show = progress_bar and (sys.stdout.isatty() or _in_notebook())
+    self._primary = primary  # Of several processes, only the first writes (the others' records are equal).
+    if primary:
+      _drop_partial_line(workdir / METRICS_FILE)
+      self._jsonl = (workdir / METRICS_FILE).open('a')
+      self._tb = SummaryWriter(str(workdir / 'tb'))
+    show = primary and progress_bar and (sys.stdout.isatty() or _in_notebook())
     self._bar = tqdm.auto.tqdm(total=total_steps, initial=initial_step, unit='step',
                                dynamic_ncols=True, disable=not show)
 
   def write(self, record: dict) -> None:
-    if _kind(record) in self._logged:
+    if not self._primary or _kind(record) in self._logged:
       return
     self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
@@ -69,8 +71,9 @@ class MetricWriter:
 
   def close(self) -> None:
     self._bar.close()
-    self._jsonl.close()
-    self._tb.close()
+    if self._primary:
+      self._jsonl.close()
+      self._tb.close()
 
 
 def read_metrics(workdir: pathlib.Path) -> list[dict]:

@@ -24,7 +24,7 @@ from jaxtrain import state as state_lib
 from jaxtrain.data import augment
 from jaxtrain.diagnostics import curves, nan
 from jaxtrain.diagnostics import training as training_diagnostics
-from jaxtrain.experiments import transfer
+from jaxtrain.experiments import snapshots, transfer
 from jaxtrain.logging import MetricWriter, plot_history, read_metrics
 
 log = logging.getLogger('jaxtrain')
@@ -222,7 +222,8 @@ def _check_finite(exp: _Experiment, state, train_data, ckpt: checkpoint.Checkpoi
   before = state.replace(step=jnp.int32(index))
   batch = exp.strategy.place_batch(train_data[index])
   findings = nan.investigate(exp.program, exp.config, exp.splits.image_shape, before, batch)
-  dumped = nan.dump(workdir, exp.config, before, batch, findings)
+  dumped = (nan.dump(workdir, exp.config, before, batch, findings) if jax.process_index() == 0
+            else workdir / nan.DUMP_DIR)
   saved = ckpt.steps()
   last = f'the last good checkpoint is step {saved[-1]} in {ckpt.directory}' if saved else 'no checkpoint'
   streak = f'{skips} non-finite steps in a row (train.max_consecutive_skips); ' if nonfinite == 'skip' else ''
@@ -249,7 +250,11 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = 
   raises NonFiniteError under train.nonfinite='halt'. With early stopping the returned state is the best.
   """
   workdir = pathlib.Path(workdir) if workdir else None
+  if jax.process_index() == 0 and jax.process_count() > 1:
+    data.load(config)  # Prepares the data set files once, before the other processes read them.
+  parallel.barrier('jaxtrain:data')
   exp = _prepare(config, workdir)
+  parallel.barrier('jaxtrain:prepared')  # Every process has seen the workdir as it was before the run.
   abstract_state = jax.eval_shape(exp.new_state)
   workdir = workdir or pathlib.Path(tempfile.mkdtemp(prefix='jaxtrain-'))
   workdir.mkdir(parents=True, exist_ok=True)
@@ -285,13 +290,16 @@ def _train(exp: _Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkpointe
       if summary.get('stopped_early') and summary.get('best_step') in ckpt.steps():
         state = ckpt.restore(abstract_state, summary['best_step']).state
       return Run(workdir=workdir, history=history, state=state, summary=summary)
-  (workdir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + '\n')
-  stats = data.load_or_compute_stats(exp.splits.train, workdir, config.data.stats_max_examples)
+  primary = jax.process_index() == 0  # Of several processes, one writes the workdir's files.
+  if primary:
+    (workdir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + '\n')
+  stats = data.load_or_compute_stats(exp.splits.train, workdir, config.data.stats_max_examples, primary)
   meta = {'config': config.to_dict(), 'normalization': stats}
 
   train_step, eval_step = exp.program.train_step, exp.program.eval_step
-  eval_data = data.eval_batches(exp.splits.eval, stats, config.data.eval_batch_size)
-  train_data = data.train_batches(exp.splits.train, stats, config.data.batch_size, config.seed)
+  shard = exp.strategy.process_shard
+  eval_data = data.eval_batches(exp.splits.eval, stats, config.data.eval_batch_size, shard)
+  train_data = data.train_batches(exp.splits.train, stats, config.data.batch_size, config.seed, shard)
   per_chunk = data.chunk_steps(train_data[0])
   stream = data.train_iterator(train_data, restored.data if restored else data.stream_state(0))
   chunks = data.prefetch(data.chunks(stream, per_chunk), exp.strategy.place_chunk, config.data.prefetch)
@@ -304,7 +312,8 @@ def _train(exp: _Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkpointe
   patience = config.early_stopping.patience
   stopper = monitor.Best(config.early_stopping.monitor, config.early_stopping.mode,
                          config.early_stopping.min_delta).replay(history, start)
-  writer = MetricWriter(workdir, exp.total_steps, start, config.train.progress_bar, history)
+  writer = MetricWriter(workdir, exp.total_steps, start, config.train.progress_bar, history, primary)
+  snaps = snapshots.Snapshots(workdir, config, exp.total_steps) if config.checkpoint.snapshots else None
   started = time.time()
   pending, last_log, evaluation, stopped_early = [], (start, time.time()), None, False
   try:
@@ -352,6 +361,8 @@ def _train(exp: _Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkpointe
           stopped_early = bool(patience) and stopper.since >= patience
         if save or stopped_early:
           _save(ckpt, state, meta, evaluation)
+        if snaps:
+          snaps.maybe_save(step, state, meta)
         if preempted is not None:
           ckpt.wait()
           raise checkpoint.Preempted(step, workdir, preempted)
@@ -371,13 +382,16 @@ def _train(exp: _Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkpointe
   finally:
     chunks.close()
     writer.close()
+    if snaps:
+      snaps.close()
 
   history = read_metrics(workdir)
   summary = {'steps': steps_done, 'wall_s': time.time() - started, 'best_step': best.step,
              'best': best.record, 'final': final, 'diagnosis': _diagnose(history)}
   if stopped_early:
     summary['stopped_early'] = True
-  summary_path.write_text(json.dumps(summary, indent=2) + '\n')
+  if primary:
+    summary_path.write_text(json.dumps(summary, indent=2) + '\n')
   return Run(workdir=workdir, history=history, state=state, summary=summary)
 
 
@@ -408,13 +422,13 @@ def _final_metrics(exp: _Experiment, eval_step, state, stats: dict, evaluation: 
 
   `evaluation` is the eval split's metrics of `state` when the loop has just computed them.
   """
-  batch_size = exp.config.data.eval_batch_size
+  batch_size, shard = exp.config.data.eval_batch_size, exp.strategy.process_shard
   final = evaluation or _evaluate(
-      eval_step, state, data.iterate(data.eval_batches(exp.splits.eval, stats, batch_size)),
+      eval_step, state, data.iterate(data.eval_batches(exp.splits.eval, stats, batch_size, shard)),
       exp.strategy, 'eval')
   if exp.splits.eval_name == 'test':
     return {**final, **{k.replace('eval/', 'test/'): v for k, v in final.items()}}
-  test = data.eval_batches(exp.splits.test, stats, batch_size)
+  test = data.eval_batches(exp.splits.test, stats, batch_size, shard)
   return {**final, **_evaluate(eval_step, state, data.iterate(test), exp.strategy, 'test')}
 
 

@@ -13,11 +13,12 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from jaxtrain import checkpoint, loop
+from jaxtrain import checkpoint, loop, parallel
 from jaxtrain import config as config_lib
 from jaxtrain.diagnostics import doctor, lr_find
+from jaxtrain.experiments import ensemble, population, sweep
 
-MODES = ('train', 'eval', 'doctor', 'lr_find')
+MODES = ('train', 'eval', 'doctor', 'lr_find', 'sweep')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file with a get_config().')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config file stem>).')
@@ -64,8 +65,10 @@ def main(argv: list[str]) -> None:
     _fail(f'--mode={_MODE.value!r} is not known; choose one of: {", ".join(MODES)}')
   workdir = _WORKDIR.value or str(pathlib.Path('runs') / pathlib.Path(_config_path(sys.argv)).stem)
   try:
+    parallel.initialize_distributed()  # Several processes (SLURM, launch/*.sh) join before any device use.
     if _MODE.value == 'train':
-      run = loop.fit(_CONFIG.value, workdir)
+      fit = population.fit_population if _CONFIG.value.population.size > 1 else loop.fit
+      run = fit(_CONFIG.value, workdir)
       print(json.dumps(run.summary['final']))
       print(f'Run saved in {workdir}; the same command resumes it.')
     elif _MODE.value == 'doctor':
@@ -76,8 +79,10 @@ def main(argv: list[str]) -> None:
         sys.exit(1)
     elif _MODE.value == 'lr_find':
       print(json.dumps({'suggested_lr': lr_find.lr_find(_CONFIG.value, workdir)['suggested_lr']}))
+    elif _MODE.value == 'sweep':
+      print(json.dumps(sweep.sweep(_CONFIG.value, workdir)['best']))
     else:
-      print(json.dumps(loop.evaluate(_CONFIG.value, workdir)))
+      print(json.dumps(ensemble.evaluate(_CONFIG.value, workdir)))
   except config_lib.ConfigError as e:
     _fail(str(e))
   except loop.NonFiniteError as e:

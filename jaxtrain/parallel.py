@@ -19,9 +19,13 @@ state of `jax.eval_shape`), and the train step donates it.
 
 import dataclasses
 import math
+import os
+import socket
+import time
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -110,11 +114,80 @@ class Strategy:
     return jax.jit(eval_step, in_shardings=(self.state_shardings(abstract_state), self.data_sharded),
                    out_shardings=self.replicated)
 
+  @property
+  def process_shard(self) -> tuple[int, int]:
+    """(this process, processes): which rows of each global batch this process reads and places."""
+    return jax.process_index(), jax.process_count()
+
   def place_batch(self, batch: dict) -> dict:
-    return jax.device_put(batch, self.data_sharded)
+    return self._place(batch, self.data_sharded)
 
   def place_chunk(self, chunk: dict) -> dict:
-    return jax.device_put(chunk, self.chunk_sharded)
+    return self._place(chunk, self.chunk_sharded)
+
+  def _place(self, local: dict, sharding: NamedSharding) -> dict:
+    """This process's rows onto its devices, as one global array (a plain device_put on one host)."""
+    if jax.process_count() == 1:
+      return jax.device_put(local, sharding)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
+
+
+def barrier(name: str) -> None:
+  """Waits until every process gets here (no-op for one process): e.g. all have looked at the workdir
+  before any of them writes to it, so they all take the same decisions."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def initialize_distributed() -> None:
+  """Joins a multi-process run, before anything touches a device; does nothing for one process.
+
+  Behind one function because the recipe changes with JAX versions and clusters (MaxText keeps the same
+  indirection). Under SLURM (`srun`, SLURM_NTASKS > 1) JAX finds the coordinator itself; elsewhere
+  JAXTRAIN_COORDINATOR (host:port of process 0), JAXTRAIN_NUM_PROCESSES and JAXTRAIN_PROCESS_ID say it.
+  JAXTRAIN_INIT_TIMEOUT (s, default 300) bounds the wait for the coordinator, and a peer that stops
+  answering heartbeats for JAXTRAIN_HEARTBEAT_TIMEOUT (s, default 30) ends the others instead of hanging.
+  """
+  env = os.environ
+  if 'JAXTRAIN_COORDINATOR' in env:
+    try:
+      where = dict(coordinator_address=env['JAXTRAIN_COORDINATOR'],
+                   num_processes=int(env['JAXTRAIN_NUM_PROCESSES']),
+                   process_id=int(env['JAXTRAIN_PROCESS_ID']))
+    except (KeyError, ValueError) as e:
+      raise ConfigError('JAXTRAIN_COORDINATOR needs JAXTRAIN_NUM_PROCESSES and JAXTRAIN_PROCESS_ID '
+                        f'(integers); {e} is missing or wrong') from None
+  elif int(env.get('SLURM_NTASKS', '1')) > 1:
+    where = {}
+  else:
+    return
+  timeout = int(env.get('JAXTRAIN_INIT_TIMEOUT', '300'))
+  if where.get('process_id'):  # JAX aborts the process when the coordinator is unreachable: ask first.
+    _wait_for_coordinator(where['coordinator_address'], timeout)
+  try:
+    jax.distributed.initialize(**where, initialization_timeout=timeout,
+                               heartbeat_timeout_seconds=int(env.get('JAXTRAIN_HEARTBEAT_TIMEOUT', '30')))
+  except Exception as e:  # noqa: BLE001 - JAX raises various errors for an unreachable coordinator.
+    coordinator = where.get('coordinator_address', 'the SLURM coordinator')
+    reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    raise ConfigError(f'could not join the run at {coordinator} within {timeout}s ({reason}); '
+                      'check that process 0 is running '
+                      'and the address is reachable') from None
+
+
+def _wait_for_coordinator(address: str, timeout: float) -> None:
+  """Returns once process 0's coordinator accepts connections; a ConfigError after `timeout` seconds."""
+  host, _, port = address.rpartition(':')
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      socket.create_connection((host, int(port)), timeout=5).close()
+      return
+    except OSError as e:
+      if time.monotonic() > deadline:
+        raise ConfigError(f'cannot reach the coordinator JAXTRAIN_COORDINATOR={address} within {timeout}s '
+                          f'({e}); start process 0 first, or check the address and port') from None
+      time.sleep(1)
 
 
 def _mesh_shape(mesh_config, num_devices: int) -> tuple[int, int]:

@@ -34,13 +34,15 @@ def compute_stats(split: dict, max_examples: int) -> dict:
           'num_examples': len(images)}
 
 
-def load_or_compute_stats(split: dict, workdir: pathlib.Path, max_examples: int) -> dict:
-  """Statistics stored in the workdir win, so eval and resumed runs normalize exactly like training did."""
+def load_or_compute_stats(split: dict, workdir: pathlib.Path, max_examples: int, write: bool = True) -> dict:
+  """Statistics stored in the workdir win, so eval and resumed runs normalize exactly like training did.
+  Only one process of a multi-process run writes them (`write`); the others compute the same numbers."""
   path = workdir / STATS_FILE
   if path.exists():
     return json.loads(path.read_text())
   stats = compute_stats(split, max_examples)
-  path.write_text(json.dumps(stats, indent=2))
+  if write:
+    path.write_text(json.dumps(stats, indent=2))
   return stats
 
 
@@ -55,11 +57,19 @@ def _normalizer(stats: dict) -> Callable[[dict], dict]:
   return normalize
 
 
-def train_batches(split: dict, stats: dict, batch_size: int, seed: int) -> grain.MapDataset:
+def _rows(size: int, shard: tuple[int, int]) -> slice:
+  """Process `index` of `count` reads rows [index * size / count, (index + 1) * size / count) of a batch."""
+  index, count = shard
+  return slice(index * size // count, (index + 1) * size // count)
+
+
+def train_batches(split: dict, stats: dict, batch_size: int, seed: int,
+                  shard: tuple[int, int] = (0, 1)) -> grain.MapDataset:
   """Endless random-access stream of train batches; item `i` feeds step `i`.
 
   Every epoch is a new permutation drawn from (seed, epoch); each epoch's remainder is dropped, so every
-  step sees a full batch and no example repeats within an epoch.
+  step sees a full batch and no example repeats within an epoch. With several processes, `shard=(index,
+  count)` makes a process gather and normalize only its rows of each global batch.
   """
   num_examples = len(split['label'])
   steps_per_epoch = num_examples // batch_size
@@ -71,7 +81,7 @@ def train_batches(split: dict, stats: dict, batch_size: int, seed: int) -> grain
 
   def batch(step: int) -> dict:
     epoch, position = divmod(step, steps_per_epoch)
-    indices = permutation(epoch)[position * batch_size:(position + 1) * batch_size]
+    indices = permutation(epoch)[position * batch_size:(position + 1) * batch_size][_rows(batch_size, shard)]
     return normalize({key: value[indices] for key, value in split.items()})
 
   return grain.MapDataset.range(sys.maxsize).map(batch)
@@ -112,8 +122,10 @@ def chunks(batches: Iterator[dict], steps: int) -> Iterator[dict]:
     yield {key: np.stack([item[key] for item in items]) for key in items[0]}
 
 
-def eval_batches(split: dict, stats: dict, batch_size: int) -> grain.MapDataset:
-  """Every example once, in order, in batches of exactly `batch_size` with a `mask` of real examples."""
+def eval_batches(split: dict, stats: dict, batch_size: int,
+                 shard: tuple[int, int] = (0, 1)) -> grain.MapDataset:
+  """Every example once, in order, in batches of exactly `batch_size` with a `mask` of real examples (this
+  process's rows of them with `shard`, as in `train_batches`)."""
   num_examples = len(split['label'])
   normalize = _normalizer(stats)
 
@@ -122,7 +134,7 @@ def eval_batches(split: dict, stats: dict, batch_size: int) -> grain.MapDataset:
     size = len(chunk['label'])
     padded = {k: np.pad(v, [(0, batch_size - size)] + [(0, 0)] * (v.ndim - 1)) for k, v in chunk.items()}
     padded['mask'] = np.arange(batch_size) < size
-    return padded
+    return {k: v[_rows(batch_size, shard)] for k, v in padded.items()}
 
   return grain.MapDataset.range(-(-num_examples // batch_size)).map(batch)
 
