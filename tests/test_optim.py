@@ -238,7 +238,7 @@ def test_logged_lr_is_the_schedule_value_and_the_rate_applied(digits):
   def grads_of(params, batch):
     def loss(p):
       logits = model.apply({'params': p}, batch['image'], train=True)
-      return steps.cross_entropy(logits, batch['label']).mean()
+      return optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
     return jax.grad(loss)(params)
 
   for t in range(12):
