@@ -310,6 +310,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_range(config, ('lr_find.diverge_factor',), lambda v: v > 1, 'it must be > 1')
   _check_range(config, ('data.train_fraction',), lambda v: 0 < v <= 1, 'it must be in (0, 1]')
   _check_range(config, ('population.size',), lambda v: v >= 1, 'it must be >= 1')
+  if config.checkpoint.snapshots and config.optim.schedule != 'sgdr':
+    raise ConfigError(f'checkpoint.snapshots=True saves a snapshot at the end of each sgdr cycle, but '
+                      f"optim.schedule={config.optim.schedule!r}; use --config.optim.schedule=sgdr")
   for key in ('population.lr', 'population.weight_decay', 'population.seed'):
     values = config.population[key.split('.')[1]]
     if values and len(values) != config.population.size:

@@ -8,13 +8,14 @@ optax.contrib.reduce_on_plateau's factor; that factor moves only when an evaluat
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtrain.config import lookup
+from jaxtrain.config import ConfigError, lookup
 
 OPTIMIZERS: dict[str, Callable] = {
     'sgd': lambda c: optax.identity(),
@@ -99,6 +100,83 @@ def _plateau_scale() -> optax.GradientTransformation:
   return optax.GradientTransformation(plateau.init, update)
 
 
+def parameter_path(path) -> str:
+  """A key path of the params tree as the rules see it: 'params/Block_0/Conv_0/kernel'."""
+  return 'params/' + jax.tree_util.keystr(tuple(path), simple=True, separator='/')
+
+
+def _compile(key: str, pattern: str) -> re.Pattern:
+  try:
+    return re.compile(pattern)
+  except re.error as e:
+    raise ConfigError(f'{key} has an invalid regex {pattern!r}: {e}') from None
+
+
+def _rules(optim_config) -> list[tuple[str, str, float]]:
+  """(config key, regex, LR factor) per rule: every `freeze` regex (factor 0), then `lr_multipliers`."""
+  rules = [('optim.freeze', pattern, 0.0) for pattern in optim_config.freeze]
+  for rule in optim_config.lr_multipliers:
+    pattern, _, factor = rule.rpartition('=')
+    try:
+      value = float(factor)
+    except ValueError:
+      value = -1.0
+    if not pattern or value < 0:
+      raise ConfigError(f"optim.lr_multipliers entry {rule!r} is not 'regex=factor' with a factor >= 0; "
+                        "e.g. 'params/head/.*=10'")
+    rules.append(('optim.lr_multipliers', pattern, value))
+  return rules
+
+
+def parameter_rules(optim_config, params) -> dict[str, tuple[str, float]]:
+  """{parameter path: (the rule that hit it, its LR factor)}; the first matching rule wins (freeze first),
+  unmatched parameters get ('-', 1.0). Raises ConfigError for a regex that matches no parameter, so a typo
+  cannot silently leave a layer trainable."""
+  paths = [parameter_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  hits = {}
+  for key, pattern, factor in _rules(optim_config):
+    matched = [p for p in paths if _compile(key, pattern).fullmatch(p)]
+    if not matched:
+      raise ConfigError(f'{key} regex {pattern!r} matches no parameter (it must match a whole path); the '
+                        f'paths are: {", ".join(paths[:8])}{", ..." if len(paths) > 8 else ""}')
+    for path in matched:
+      hits.setdefault(path, (f'{key} {pattern}' if factor else f'freeze {pattern}', factor))
+  return {path: hits.get(path, ('-', 1.0)) for path in paths}
+
+
+def rules_table(rules: dict[str, tuple[str, float]]) -> str:
+  """The table of which rule hit which parameter, for the log."""
+  width = max(len(p) for p in rules)
+  lines = [f'{"parameter":<{width}}  {"lr x":>6}  rule']
+  lines += [f'{path:<{width}}  {factor:>6g}  {rule}' for path, (rule, factor) in rules.items()]
+  return '\n'.join(lines)
+
+
+def _factors(optim_config, tree):
+  """The LR factor of each leaf of a params-shaped tree."""
+  rules = parameter_rules(optim_config, tree)
+  return jax.tree_util.tree_map_with_path(lambda path, _: rules[parameter_path(path)][1], tree)
+
+
+def _scale_by_rules(optim_config) -> optax.GradientTransformation:
+  """Multiplies each parameter's update by its LR factor (the factors are constants of the program)."""
+
+  def update(updates, state, params=None):
+    del params
+    factors = _factors(optim_config, updates)
+    return jax.tree.map(lambda u, f: u if f == 1.0 else u * f, updates, factors), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def with_rules(tx: optax.GradientTransformation, optim_config) -> optax.GradientTransformation:
+  """`tx` for the trainable parameters, optax.set_to_zero for the frozen ones (no optimizer state and no
+  weight decay for them: they stay bit-identical), then the LR multipliers."""
+  labels = lambda params: jax.tree.map(  # noqa: E731
+      lambda f: 'frozen' if f == 0.0 else 'trained', _factors(optim_config, params))
+  return optax.chain(optax.multi_transform({'trained': tx, 'frozen': optax.set_to_zero()}, labels),
+                     _scale_by_rules(optim_config))
+
+
 @dataclasses.dataclass(frozen=True)
 class Optimizer:
   """The optax chain plus what the loop needs to log the learning rate and drive `plateau`."""
@@ -133,6 +211,8 @@ def build(optim_config, total_steps: int) -> Optimizer:
   if optim_config.weight_decay > 0:
     parts.append(optax.add_decayed_weights(optim_config.weight_decay, mask=kernel_mask))
   parts.append(optax.scale_by_learning_rate(lr_schedule))
+  if optim_config.freeze or optim_config.lr_multipliers:
+    parts = [with_rules(optax.chain(*parts), optim_config)]
   plateau = None
   if optim_config.schedule == 'plateau':
     plateau = optax.contrib.reduce_on_plateau(

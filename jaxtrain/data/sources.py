@@ -123,6 +123,22 @@ def read(source, example: Callable[[dict], dict] = _plain) -> dict:
           'label': np.asarray(np.stack([e['label'] for e in examples]), np.int32)}
 
 
+def _subset(split: dict, data_config, name: str) -> dict:
+  """The examples of `data.classes` (labels kept as they are); for the train split, a fixed random
+  `data.train_fraction` of them (transfer learning with little data)."""
+  keep = np.ones(len(split['label']), bool)
+  if data_config.classes:
+    keep = np.isin(split['label'], data_config.classes)
+  indices = np.flatnonzero(keep)
+  if name == 'train' and data_config.train_fraction < 1:
+    indices = np.sort(np.random.default_rng(0).permutation(indices)[:round(data_config.train_fraction
+                                                                            * len(indices))])
+  if len(indices) == 0:
+    raise ConfigError(f'data.classes={tuple(data_config.classes)} and data.train_fraction='
+                      f'{data_config.train_fraction} leave no {name} example; check the labels')
+  return split if len(indices) == len(keep) else {k: v[indices] for k, v in split.items()}
+
+
 def load(config) -> Splits:
   """Opens (preparing if needed) the configured data set and decodes its splits into arrays."""
   source = lookup(DATASETS, 'data.name', config.data.name)
@@ -145,8 +161,9 @@ def load(config) -> Splits:
   else:
     evaluation = test
   example = functools.partial(source.example, data_config=config.data)
-  train = read(train, example)
-  return Splits(train=train, eval=read(evaluation, example), test=read(test, example),
+  train, evaluation, test = (_subset(read(split, example), config.data, name)
+                             for split, name in ((train, 'train'), (evaluation, 'eval'), (test, 'test')))
+  return Splits(train=train, eval=evaluation, test=test,
                 eval_name='validation' if num_val > 0 else 'test',
                 num_classes=source.num_classes or builder.info.features['label'].num_classes,
                 image_shape=tuple(train['image'].shape[1:]))

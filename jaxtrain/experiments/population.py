@@ -1,0 +1,241 @@
+"""Populations: `population.size` copies of a run trained at once by one jitted, vmapped train step.
+
+Every member is the run itself (`steps.make_train_step`, unchanged) with its own learning rate, weight
+decay and seed (initialization and dropout; the data order follows `seed`, so all members see the same
+batches, which are placed once and shared). The learning rate and weight decay are arrays in the optimizer
+state, not constants of the program, so one compilation serves every member. Per-member dropout rates are
+not offered: Flax's Dropout takes its rate as a static attribute, so distinct rates would be distinct
+programs (sweep them with --mode sweep instead).
+
+A member whose loss turns non-finite, or that early stopping stops, is masked: its state stops changing
+while the others go on. At the end every member is saved as a normal run in workdir/members/m<i>/ (an
+ensemble can average them) and the best one by `checkpoint.monitor` also in workdir/checkpoints/, so
+`--mode eval` works on the population's workdir.
+"""
+
+import dataclasses
+import functools
+import json
+import logging
+import pathlib
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxtrain import checkpoint, data, loop, monitor, optim, steps, tasks
+from jaxtrain import config as config_lib
+from jaxtrain import state as state_lib
+from jaxtrain.data import augment
+from jaxtrain.logging import MetricWriter, read_metrics
+
+log = logging.getLogger('jaxtrain')
+MEMBERS_DIR = 'members'
+
+
+@dataclasses.dataclass(frozen=True)
+class _MemberOptimizer(optim.Optimizer):
+  """The configured chain at learning rate 1 without weight decay, then `_held_hyperparameters`."""
+
+  def learning_rate(self, opt_state, step):
+    return self.schedule(step) * opt_state[-1]['lr']
+
+
+def _held_hyperparameters(optim_config, schedule) -> optax.GradientTransformation:
+  """lr * (update - schedule(t) * factor * weight_decay * kernel): optim.build's decoupled weight decay and
+  learning rate, with both read from the state (one number per member once vmapped)."""
+
+  def init(params):
+    del params
+    return {'count': jnp.zeros((), jnp.int32), 'lr': jnp.ones(()), 'weight_decay': jnp.zeros(())}
+
+  def update(updates, state, params):
+    rules = optim.parameter_rules(optim_config, params)
+    decay = state['weight_decay'] * schedule(state['count'])
+
+    def one(path, u, p, is_kernel):
+      factor = rules[optim.parameter_path(path)][1] if is_kernel else 0.0
+      return state['lr'] * (u - factor * decay * p) if factor else state['lr'] * u
+    updates = jax.tree_util.tree_map_with_path(one, updates, params, optim.kernel_mask(params))
+    return updates, {**state, 'count': state['count'] + 1}
+
+  return optax.GradientTransformation(init, update)
+
+
+def member_optimizer(optim_config, total_steps: int) -> optim.Optimizer:
+  if optim_config.schedule == 'plateau':
+    raise config_lib.ConfigError("optim.schedule='plateau' is not supported with population.size > 1; "
+                                 'use another schedule')
+  base_config = ml_collections.ConfigDict(optim_config.to_dict())
+  base_config.update(lr=1.0, weight_decay=0.0)
+  base = optim.build(base_config, total_steps)
+  tx = optax.chain(base.tx, _held_hyperparameters(optim_config, base.schedule))
+  return _MemberOptimizer(tx=tx, schedule=base.schedule, plateau=None)
+
+
+def members(config) -> list[dict]:
+  """Each member's overrides: {'optim.lr', 'optim.weight_decay', 'seed'} (the run's value where not given)."""
+  p = config.population
+  pick = lambda values, default, i: values[i] if values else default  # noqa: E731
+  return [{'optim.lr': float(pick(p.lr, config.optim.lr, i)),
+           'optim.weight_decay': float(pick(p.weight_decay, config.optim.weight_decay, i)),
+           'seed': int(pick(p.seed, config.seed, i))} for i in range(p.size)]
+
+
+def member_config(config, overrides: dict) -> ml_collections.ConfigDict:
+  """The config of one member as a run of its own (population.size = 1)."""
+  single = ml_collections.ConfigDict(config.to_dict())
+  config_lib.override(single, {**overrides, 'population.size': 1, 'population.lr': (),
+                               'population.weight_decay': (), 'population.seed': ()})
+  return single
+
+
+def _where(mask, new, old):
+  return jax.tree.map(lambda n, o: jnp.where(mask.reshape(-1, *(1,) * (n.ndim - 1)), n, o), new, old)
+
+
+@functools.lru_cache(maxsize=4)
+def _program(model, task, optimizer, optim_config, nonfinite: str, data_config, use_ema: bool):
+  """The jitted population steps: (states, batch, active) -> (states, metrics) and (states, batch) -> sums."""
+  train_step = jax.vmap(steps.make_train_step(model, optimizer, optim_config, nonfinite, task,
+                                              augment.build(data_config)), in_axes=(0, None))
+
+  def step(states, batch, active):
+    new, metrics = train_step(states, batch)
+    return _where(active, new, states), metrics
+  eval_step = jax.vmap(steps.make_eval_step(model, task, use_ema=use_ema), in_axes=(0, None))
+  return jax.jit(step, donate_argnums=0), jax.jit(eval_step)
+
+
+def _evaluate(eval_step, states, batches, size: int, prefix: str) -> list[dict]:
+  totals = None
+  for batch in batches:
+    sums = eval_step(states, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  return [{f'{prefix}/{k}': v for k, v in tasks.summarize(_member(totals, i)).items()} for i in range(size)]
+
+
+def _member(tree, i: int):
+  """Member `i` of a tree with a leading member axis."""
+  return jax.tree.map(lambda x: x[i], tree)
+
+
+def fit_population(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = None) -> loop.Run:
+  """Trains the population; returns the best member's Run (summary.json lists every member)."""
+  exp = loop._prepare(config, None)
+  workdir = pathlib.Path(workdir or tempfile.mkdtemp(prefix='jaxtrain-'))
+  summary_path = workdir / loop.SUMMARY_FILE
+  if summary_path.exists() and 'members' in json.loads(summary_path.read_text()):
+    summary = json.loads(summary_path.read_text())
+    log.info('%s holds a trained population; nothing to do', workdir)
+    ckpt = checkpoint.Checkpointer(workdir / checkpoint.CHECKPOINT_DIR, config.checkpoint, read_only=True)
+    state = ckpt.restore(jax.eval_shape(exp.new_state)).state
+    ckpt.close()
+    return loop.Run(workdir=workdir, history=read_metrics(workdir), state=state, summary=summary)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / loop.CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + '\n')
+  specs, size = members(config), config.population.size
+  optimizer = member_optimizer(config.optim, exp.total_steps)
+  ema = config.optim.ema_decay > 0
+  step_fn, eval_step = _program(exp.program.model, exp.program.task, optimizer,
+                                ml_collections.FrozenConfigDict(config.optim), config.train.nonfinite,
+                                ml_collections.FrozenConfigDict(config.data), ema and config.optim.ema_eval)
+  create = functools.partial(state_lib.create, exp.program.model, optimizer.tx, exp.splits.image_shape,
+                             ema=ema)
+  states = jax.jit(jax.vmap(create))(jnp.asarray([s['seed'] for s in specs]))
+  held = {**states.opt_state[-1], 'lr': jnp.asarray([s['optim.lr'] for s in specs], jnp.float32),
+          'weight_decay': jnp.asarray([s['optim.weight_decay'] for s in specs], jnp.float32)}
+  states = states.replace(opt_state=(*states.opt_state[:-1], held))
+  log.info('Population of %d: %s', size, json.dumps(specs))
+
+  stats = data.load_or_compute_stats(exp.splits.train, workdir, config.data.stats_max_examples)
+  eval_data = data.eval_batches(exp.splits.eval, stats, config.data.eval_batch_size)
+  batches = data.iterate(data.train_batches(exp.splits.train, stats, config.data.batch_size, config.seed))
+  eval_every = config.train.eval_every_steps or exp.steps_per_epoch
+  stoppers = [monitor.Best(config.early_stopping.monitor, config.early_stopping.mode,
+                           config.early_stopping.min_delta) for _ in specs]
+  active = np.ones(size, bool)
+  stopped_at = [None] * size
+  writer = MetricWriter(workdir, exp.total_steps, 0, config.train.progress_bar, read_metrics(workdir))
+  started, pending = time.time(), []
+  try:
+    for step, batch in zip(range(1, exp.total_steps + 1), batches, strict=False):
+      states, metrics = step_fn(states, jax.device_put(batch, exp.strategy.replicated), jnp.asarray(active))
+      pending.append(metrics)
+      writer.advance(1)
+      epoch = step / exp.steps_per_epoch
+      if config_lib.every(config.train.log_every_steps, step, exp.total_steps):
+        means = jax.device_get(jax.tree.map(lambda *v: jnp.mean(jnp.stack(v), axis=0), *pending))
+        pending = []
+        writer.write({'step': step, 'epoch': epoch, 'population/active': int(active.sum()),
+                      **{f'train/{k}/m{i}': float(v[i]) for k, v in means.items() for i in range(size)}})
+      if config_lib.every(eval_every, step, exp.total_steps):
+        placed = [exp.strategy.place_batch(b) for b in data.iterate(eval_data)]
+        evaluations = _evaluate(eval_step, states, placed, size, 'eval')
+        writer.write({'step': step, 'epoch': epoch, **{f'{k}/m{i}': v for i, record in enumerate(evaluations)
+                                                         for k, v in record.items()}})
+        skips = np.asarray(jax.device_get(states.skips))
+        for i, record in enumerate(evaluations):
+          stoppers[i].update(step, record)
+          halted = config.train.nonfinite == 'halt' and skips[i] > 0
+          if active[i] and (halted or (config.early_stopping.patience
+                                       and stoppers[i].since >= config.early_stopping.patience)):
+            active[i], stopped_at[i] = False, step
+            log.info('Member %d stopped at step %d (%s)', i, step, 'non-finite loss' if halted else
+                     'early stopping')
+        if not active.any():
+          break
+  finally:
+    writer.close()
+  return _finish(exp, config, workdir, specs, states, stats, stopped_at, time.time() - started)
+
+
+def _finish(exp, config, workdir: pathlib.Path, specs: list[dict], states, stats: dict, stopped_at: list,
+            wall_s: float) -> loop.Run:
+  """Each member's final metrics and workdir; the best also as this workdir's checkpoint; summary.json."""
+  results, singles = [], []
+  for i, spec in enumerate(specs):
+    single = _single(_member(states, i), exp.program.optimizer)
+    final = loop._final_metrics(exp, exp.program.eval_step, single, stats, None)
+    results.append({**spec, 'stopped_at': stopped_at[i], 'final': final})
+    singles.append(single)
+    own = member_config(config, spec)
+    _save_run(workdir / MEMBERS_DIR / f'm{i}', own,
+              _single(single, optim.build(own.optim, exp.total_steps)), stats, final)
+  sign = 1 if config.checkpoint.mode == 'max' else -1
+  scores = [sign * r['final'][config.checkpoint.monitor] for r in results]
+  best = int(np.nanargmax(scores))
+  log.info('Best member: %d %s', best, json.dumps(results[best]))
+  _save_run(workdir, member_config(config, specs[best]), singles[best], stats, results[best]['final'],
+            keep_config=config)
+  summary = {'steps': int(jax.device_get(states.step).max()), 'wall_s': wall_s, 'best_member': best,
+             'members': results, 'final': results[best]['final']}
+  (workdir / loop.SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + '\n')
+  return loop.Run(workdir=workdir, history=read_metrics(workdir), state=singles[best], summary=summary)
+
+
+def _single(member, optimizer: optim.Optimizer):
+  """A member as a plain run's state: its weights, BatchNorm statistics, step and RNG, with a fresh state
+  of `optimizer` (the held learning rate and weight decay have no place in a single run's optimizer)."""
+  return member.replace(opt_state=optimizer.tx.init(member.params))
+
+
+def _save_run(workdir: pathlib.Path, config, state, stats: dict, final: dict, keep_config=None) -> None:
+  """A normal run's files for `state`: checkpoint, normalization.json, config.json (and summary.json for a
+  member); `keep_config` is written instead of `config` (the population's own workdir)."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / data.STATS_FILE).write_text(json.dumps(stats, indent=2))
+  (workdir / loop.CONFIG_FILE).write_text(json.dumps((keep_config or config).to_dict(), indent=2) + '\n')
+  if keep_config is None:
+    (workdir / loop.SUMMARY_FILE).write_text(json.dumps({'steps': int(state.step), 'final': final}) + '\n')
+  ckpt = checkpoint.Checkpointer(workdir / checkpoint.CHECKPOINT_DIR, config.checkpoint)
+  try:
+    ckpt.save(state, data.stream_state(int(state.step)), {'config': config.to_dict(), 'normalization': stats},
+              final)
+  finally:
+    ckpt.close()

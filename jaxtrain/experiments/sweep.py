@@ -1,0 +1,253 @@
+"""Hyperparameter sweeps (note 003: coarse grid or random search, then refine), backed by Optuna.
+
+`sweep.space` is a tuple of 'key=spec' strings over config keys; a spec is one of SPECS. Every trial is a
+normal run (`loop.fit`) in workdir/trials/<n>/, so any trial can be inspected, evaluated or resumed like
+any run. With a pruner, each evaluation of `sweep.metric` is reported to Optuna and a trial that falls
+behind stops (`Pruned`). Processes that use the same storage URL and study name share one study, so a sweep
+is spread over machines by starting the same command several times.
+"""
+
+import ast
+import copy
+import csv
+import fcntl
+import json
+import logging
+import math
+import pathlib
+import re
+import time
+
+import matplotlib
+
+from jaxtrain import config as config_lib
+from jaxtrain import loop
+
+matplotlib.use('Agg')  # Files, not windows.
+import matplotlib.pyplot as plt  # noqa: E402
+
+log = logging.getLogger('jaxtrain')
+
+SPECS = {'uniform': 'uniform(low, high)', 'loguniform': 'loguniform(low, high) with low > 0',
+         'int': 'int(low, high), both included', 'choice': 'choice(a, b, ...)', 'grid': 'grid(a, b, ...)'}
+SAMPLERS = ('grid', 'random', 'tpe')
+PRUNERS = ('none', 'median', 'successive_halving')
+CSV_FILE, PLOT_FILE, LOCK_FILE = 'sweep.csv', 'plots/sweep.png', 'sweep.lock'
+
+
+class Pruned(Exception):  # noqa: N818 - a decision, not an error.
+  """Raised from fit's `on_eval` when the pruner stops a trial; the sweep records the trial as pruned."""
+
+
+def _optuna():
+  try:
+    import optuna
+  except ImportError:
+    raise config_lib.ConfigError(
+        "--mode sweep needs Optuna; install it with pip install -e '.[sweep]'") from None
+  return optuna
+
+
+def _value(text: str):
+  """'1e-3' -> 0.001, 'adam' -> 'adam', '(32, 64)' -> (32, 64): Python literals, else the bare word."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def parse_space(config) -> dict[str, tuple[str, list]]:
+  """{config key: (kind, arguments)} from `sweep.space`; a ConfigError names the entry and what is allowed."""
+  space = {}
+  for entry in config.sweep.space:
+    key, _, spec = (part.strip() for part in entry.partition('='))
+    match = re.fullmatch(r'(\w+)\((.*)\)', spec, re.DOTALL)
+    if not key or not match or match[1] not in SPECS:
+      raise config_lib.ConfigError(f'sweep.space entry {entry!r} is not key=spec; a spec is one of: '
+                                   f'{", ".join(SPECS.values())}')
+    config_lib.check_key(config, key)
+    kind = match[1]
+    args = [_value(a.strip()) for a in _split(match[2])]
+    numeric = all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+    if kind in ('uniform', 'loguniform', 'int') and not (
+        len(args) == 2 and numeric and args[0] < args[1] and (kind != 'loguniform' or args[0] > 0)):
+      raise config_lib.ConfigError(f'sweep.space entry {entry!r}: use {SPECS[kind]} with low < high')
+    if kind in ('choice', 'grid') and not args:
+      raise config_lib.ConfigError(f'sweep.space entry {entry!r}: use {SPECS[kind]} with at least one value')
+    space[key] = (kind, args)
+  if not space:
+    raise config_lib.ConfigError("sweep.space is empty; e.g. --config.sweep.space=\"('optim.lr=loguniform"
+                                 "(1e-4, 1e-1)',)\"")
+  return space
+
+
+def _split(text: str) -> list[str]:
+  """Splits arguments at top-level commas, so tuples such as (32, 64) stay one argument."""
+  parts, depth, current = [], 0, ''
+  for char in text:
+    depth += (char in '([') - (char in ')]')
+    if char == ',' and depth == 0:
+      parts.append(current)
+      current = ''
+    else:
+      current += char
+  return [p for p in [*parts, current] if p.strip()]
+
+
+def _check(config) -> dict:
+  c = config.sweep
+  config_lib.lookup(SAMPLERS, 'sweep.sampler', c.sampler)
+  config_lib.lookup(PRUNERS, 'sweep.pruner', c.pruner)
+  if c.mode not in ('min', 'max'):
+    raise config_lib.ConfigError(f"sweep.mode={c.mode!r} is not known; choose 'min' or 'max'")
+  if not re.fullmatch(r'(eval|test)/\w+', c.metric):
+    raise config_lib.ConfigError(
+        f"sweep.metric={c.metric!r}: use an eval/ or test/ metric, e.g. 'eval/accuracy'")
+  space = parse_space(config)
+  if c.sampler == 'grid' and any(kind not in ('grid', 'choice') for kind, _ in space.values()):
+    raise config_lib.ConfigError(
+        'sweep.sampler=grid needs grid(...) or choice(...) for every key of sweep.space')
+  if c.sampler != 'grid' and c.num_trials < 1:
+    raise config_lib.ConfigError(f'sweep.num_trials={c.num_trials} is out of range; it must be >= 1 for '
+                                 f'sweep.sampler={c.sampler}')
+  return space
+
+
+def _suggest(trial, space: dict) -> dict:
+  """One point of the space from Optuna's trial; tuples are offered as their repr (Optuna stores scalars)."""
+  point = {}
+  for key, (kind, args) in space.items():
+    if kind in ('uniform', 'loguniform'):
+      point[key] = trial.suggest_float(key, float(args[0]), float(args[1]), log=kind == 'loguniform')
+    elif kind == 'int':
+      point[key] = trial.suggest_int(key, int(args[0]), int(args[1]))
+    else:
+      choices = [repr(a) if isinstance(a, tuple) else a for a in args]
+      point[key] = _value(trial.suggest_categorical(key, choices)) if any(
+          isinstance(a, tuple) for a in args) else trial.suggest_categorical(key, choices)
+  return point
+
+
+def _study(config, workdir: pathlib.Path, space: dict):
+  optuna = _optuna()
+  c = config.sweep
+  grid = {k: [repr(a) if isinstance(a, tuple) else a for a in args] for k, (_, args) in space.items()}
+  sampler = {'grid': lambda: optuna.samplers.GridSampler(grid, seed=config.seed),
+             'random': lambda: optuna.samplers.RandomSampler(seed=config.seed),
+             'tpe': lambda: optuna.samplers.TPESampler(seed=config.seed)}[c.sampler]()
+  pruner = {'none': optuna.pruners.NopPruner,
+            'median': lambda: optuna.pruners.MedianPruner(n_startup_trials=c.startup_trials),
+            'successive_halving': optuna.pruners.SuccessiveHalvingPruner}[c.pruner]()
+  url = c.storage or f'sqlite:///{(workdir / "sweep.db").absolute()}'
+  # A long SQLite busy timeout: processes sharing one file wait for each other's writes instead of failing.
+  engine = {'connect_args': {'timeout': 60}} if url.startswith('sqlite') else {}
+  for attempt in range(5):
+    try:
+      storage = optuna.storages.RDBStorage(url, engine_kwargs=engine)
+      break
+    except Exception:  # noqa: BLE001 - two processes creating the schema at once: one loses, then reads it.
+      if attempt == 4:
+        raise
+      time.sleep(1 + attempt)
+  return optuna.create_study(study_name=c.study_name, storage=storage, sampler=sampler, pruner=pruner,
+                             direction='maximize' if c.mode == 'max' else 'minimize', load_if_exists=True)
+
+
+def sweep(config, workdir: str | pathlib.Path) -> dict:
+  """Runs trials of `config.sweep` until the study holds `sweep.num_trials` finished trials (the grid's size
+  by default); writes sweep.csv and plots/sweep.png and returns {'best': {...}, 'trials': [...]}."""
+  workdir = pathlib.Path(workdir)
+  space = _check(config)
+  optuna = _optuna()
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  total = config.sweep.num_trials or math.prod(len(args) for _, args in space.values())
+  workdir.mkdir(parents=True, exist_ok=True)
+  study = _study(config, workdir, space)
+  metric = config.sweep.metric
+
+  def objective(trial):
+    point = _suggest(trial, space)
+    trial_config = copy.deepcopy(config)
+    config_lib.override(trial_config, point)
+
+    def report(step, record):
+      if metric in record:
+        trial.report(record[metric], step)
+        if trial.should_prune():
+          raise Pruned(f'trial {trial.number} pruned at step {step}: {metric}={record[metric]:.4g}')
+
+    log.info('Trial %d: %s', trial.number, json.dumps(point))
+    try:
+      run = loop.fit(trial_config, workdir / 'trials' / str(trial.number), on_eval=report)
+    except Pruned as e:
+      log.info('%s', e)
+      raise optuna.TrialPruned(str(e)) from None
+    except loop.NonFiniteError as e:
+      log.warning('Trial %d failed: %s', trial.number, e)
+      return float('nan')  # Optuna records a NaN objective as a failed trial.
+    return run.summary['final'][metric]
+
+  # Counting the study's trials (running ones too) and creating the next one happen under a file lock that
+  # the objective releases once its trial exists, so processes sharing a workdir start `total` in all.
+  with (workdir / LOCK_FILE).open('w') as lock:
+    def locked_objective(trial):
+      fcntl.flock(lock, fcntl.LOCK_UN)
+      return objective(trial)
+    while True:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      try:
+        if len(study.get_trials(deepcopy=False)) >= total:
+          break
+        study.optimize(locked_objective, n_trials=1)
+      finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+  return _report(study, space, metric, workdir)
+
+
+def _report(study, space: dict, metric: str, workdir: pathlib.Path) -> dict:
+  """sweep.csv, plots/sweep.png and a printed table of every trial of the study."""
+  rows = [{'trial': t.number, 'state': t.state.name.lower(),
+           metric: t.value if t.value is not None else _last(t.intermediate_values),
+           'steps': max(t.intermediate_values, default=None), **t.params} for t in study.trials]
+  columns = ['trial', 'state', metric, 'steps', *space]
+  with (workdir / CSV_FILE).open('w', newline='') as f:
+    writer = csv.DictWriter(f, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+  print('  '.join(f'{c:>14}' for c in columns))
+  for row in rows:
+    print('  '.join(f'{v:>14.4g}' if isinstance(v, float) else f'{v!s:>14}' for v in map(row.get, columns)))
+  _plot(rows, space, metric, workdir / PLOT_FILE)
+  complete = [t for t in study.trials if t.state.name == 'COMPLETE']
+  best = None
+  if complete:
+    trial = study.best_trial
+    best = {'trial': trial.number, metric: trial.value, 'params': trial.params,
+            'workdir': str(workdir / 'trials' / str(trial.number))}
+  return {'best': best, 'trials': rows}
+
+
+def _last(values: dict):
+  """The last value a trial reported (a pruned trial's standing when it stopped), or None."""
+  return values[max(values)] if values else None
+
+
+def _plot(rows: list[dict], space: dict, metric: str, path: pathlib.Path) -> None:
+  """The metric against each hyperparameter; pruned trials in grey at their last reported value."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig, axes = plt.subplots(1, len(space), figsize=(4 * len(space), 3.2), squeeze=False)
+  for ax, (key, (kind, _)) in zip(axes[0], space.items(), strict=True):
+    for state, color in (('complete', 'tab:blue'), ('pruned', 'tab:gray')):
+      points = [(r[key], r[metric]) for r in rows if r['state'] == state and r[metric] is not None]
+      if points:
+        xs, ys = zip(*points, strict=True)
+        ax.scatter([str(x) for x in xs] if kind in ('choice', 'grid') else xs, ys, c=color, label=state)
+    if kind == 'loguniform':
+      ax.set_xscale('log')
+    ax.set_xlabel(key)
+    ax.set_ylabel(metric)
+  axes[0][0].legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
