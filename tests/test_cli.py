@@ -12,6 +12,8 @@ from conftest import CONFIGS, ROOT
 
 import jaxtrain
 
+pytestmark = pytest.mark.xdist_group('test_cli')  # One worker builds the module fixture.
+
 QUICK = ['--config.train.num_steps=10', '--config.train.progress_bar=False',
          '--config.train.log_every_steps=5']
 

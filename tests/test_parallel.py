@@ -8,6 +8,8 @@ import sys
 import pytest
 from conftest import CONFIGS, ROOT
 
+pytestmark = pytest.mark.xdist_group('test_parallel')  # One worker builds the module fixture.
+
 # Runs in a subprocess: the device count is fixed when JAX starts.
 STRATEGIES_SCRIPT = '''
 import json, sys
