@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxtrain import checkpoint, data, models, monitor, optim, parallel, steps, tasks
+from jaxtrain import checkpoint, compile_cache, data, models, monitor, optim, parallel, steps, tasks
 from jaxtrain import config as config_lib
 from jaxtrain import state as state_lib
 from jaxtrain.data import augment
@@ -136,6 +136,7 @@ def _check_resumable(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
 def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path | None) -> _Experiment:
   """Builds and checks every piece of the run; touches no file."""
   config_lib.validate(config)
+  compile_cache.enable(config)  # Before anything compiles: a later process then loads these programs.
   if workdir and workdir.exists() and not workdir.is_dir():
     raise config_lib.ConfigError(f'workdir {str(workdir)!r} is a file; pass a directory with --workdir')
   splits = data.load(config)

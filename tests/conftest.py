@@ -21,8 +21,10 @@ def make_config(data_dir):
   """`make_config(name='digits_cnn', **{'optim.lr': 1e-3})`: a config with quiet, short defaults."""
 
   def make(name: str = 'digits_cnn', **overrides):
+    # The persistent compile cache stays off in-process: tests that count compilations must see them all
+    # (tests/test_compile_cache.py tests the cache in fresh processes).
     base = {'data.data_dir': data_dir, 'train.num_steps': 20, 'train.progress_bar': False,
-            'train.log_every_steps': 10, 'train.eval_every_steps': 20}
+            'train.log_every_steps': 10, 'train.eval_every_steps': 20, 'compile_cache.enabled': False}
     return jaxtrain.load_config(CONFIGS / f'{name}.py', {**base, **overrides})
 
   return make
