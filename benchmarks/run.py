@@ -8,10 +8,13 @@ Prints one JSON object on stdout, progress on stderr; benchmarks/README.md expla
 Two questions are measured separately because they have different answers to "where does time go":
 
 * The default job (`default_job_*`) runs in its own process, exactly as a user types it, so
-  interpreter start-up, imports, data preparation, compilation, evaluations and checkpoints count.
+  interpreter start-up, imports, data preparation, compilation, evaluations and checkpoints count;
+  so do the start-up runs with an empty and a filled compilation cache (`startup_*`, startup.py).
 * The loop (`loop_*` vs `handwritten_*`) runs in this one process, alternating the contenders round
   by round, because the machine is shared and noisy: alternation spreads a slow minute over all
-  contenders instead of penalizing whichever ran during it. Medians over rounds are reported.
+  contenders instead of penalizing whichever ran during it. Medians over rounds are reported. The
+  input-wait replica (`input_wait_*`, input_wait.py) and PyTorch (`torch_*`, torch_compare.py) are
+  contenders too.
 
 The hand-written loop is the strictest baseline: pre-placed device batches, a minimal jitted step
 with the state donated, nothing else in the loop. The two `jaxtrain_step_*` figures sit between it
@@ -22,6 +25,7 @@ import argparse
 import contextlib
 import datetime
 import functools
+import importlib.util
 import json
 import logging
 import os
@@ -38,13 +42,15 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Runs from a checkout without installing jaxtrain; the subprocesses below get the same path.
 sys.path.insert(0, str(ROOT))
 
+import input_wait  # noqa: E402  (this folder: input_wait.py, startup.py, torch_compare.py)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+import startup  # noqa: E402
 
 import jaxtrain  # noqa: E402
-from jaxtrain import checkpoint, data, models, optim, parallel, steps  # noqa: E402
+from jaxtrain import checkpoint, data, loop, models, optim  # noqa: E402
 from jaxtrain import state as state_lib  # noqa: E402
 
 CONFIG = ROOT / 'configs' / 'digits_cnn.py'
@@ -65,12 +71,13 @@ def progress(message: str, *args) -> None:
 def default_job(tmp: pathlib.Path, quick: bool) -> dict:
   """The documented default command in a fresh workdir and a fresh TFDS folder.
 
-  The data folder is fresh so the figure is what a first run costs (the digits data set is prepared
-  from scikit-learn's copy in a few seconds); the workdir is fresh so nothing is resumed.
+  The data and compilation cache folders are fresh so the figure is what a first run costs (the digits
+  data set is prepared from scikit-learn's copy in a few seconds); the workdir is fresh so nothing is resumed.
   """
   workdir, data_dir = tmp / 'default_job', tmp / 'default_job_tfds'
   command = [sys.executable, '-m', 'jaxtrain.main', '--config', str(CONFIG.relative_to(ROOT)),
              '--workdir', str(workdir), f'--config.data.data_dir={data_dir}',
+             f'--config.compile_cache.dir={tmp / "default_job_compile_cache"}',
              '--config.train.progress_bar=False']
   if quick:
     command.append('--config.train.num_epochs=3')  # A smoke check; does not reach the target.
@@ -132,9 +139,11 @@ class Bench:
     self.tmp = tmp
     self.num_steps = num_steps
     # Eval and checkpoint only at the end, so every log interval after the first is pure training.
+    # The compilation cache folder is fresh, so first steps compile as in a first run (and the user's
+    # cache folder is left alone).
     self.config = jaxtrain.load_config(CONFIG, {
-        'data.data_dir': str(tmp / 'tfds'), 'train.num_steps': num_steps,
-        'train.log_every_steps': log_every, 'train.eval_every_steps': num_steps,
+        'data.data_dir': str(tmp / 'tfds'), 'compile_cache.dir': str(tmp / 'compile_cache'),
+        'train.num_steps': num_steps, 'train.log_every_steps': log_every, 'train.eval_every_steps': num_steps,
         'checkpoint.every_steps': num_steps, 'train.progress_bar': False})
     config = self.config
     self.splits = data.load(config)
@@ -200,21 +209,19 @@ class Bench:
 
   # jaxtrain's own jitted step outside fit: isolates the step program from the loop around it.
 
-  def _make_jaxtrain_step(self):
-    config = self.config
-    optimizer = optim.build(config.optim, self.num_steps)
-    strategy = parallel.make(config.parallel, {'data.batch_size': self.batch_size})
-    create = functools.partial(state_lib.create, self.model, optimizer.tx, self.splits.image_shape,
-                               config.seed)
-    step = steps.make_train_step(self.model, optimizer, config.optim)
-    return strategy, strategy.jit_create_state(create), strategy.jit_chunk_train_step(step)
+  def jaxtrain_program(self):
+    """(strategy, new_state(), chunk train step): fit's own compiled program, built by the function fit
+    builds it with (so it cannot drift from fit), once."""
+    if self._jaxtrain_step is None:
+      exp = loop._prepare(self.config, None)
+      self._jaxtrain_step = (exp.strategy, functools.partial(exp.program.create_state, self.config.seed),
+                             exp.program.train_step)
+    return self._jaxtrain_step
 
   def jaxtrain_step(self, with_pipeline: bool) -> dict:
     """jaxtrain's step over pre-placed batches, or fed like fit feeds it (chunks of batches placed by
     the prefetch thread, each step slicing its batch inside the jit)."""
-    if self._jaxtrain_step is None:
-      self._jaxtrain_step = self._make_jaxtrain_step()
-    strategy, new_state, chunk_train_step = self._jaxtrain_step
+    strategy, new_state, chunk_train_step = self.jaxtrain_program()
     step_on_item = lambda state, item: chunk_train_step(state, *item)  # noqa: E731
     if not with_pipeline:
       # One chunk holding the whole epoch, placed once: the step program with no transfer at all.
@@ -266,14 +273,20 @@ class Bench:
     return {'train_pipeline_ms_per_batch': 1e3 * (time.perf_counter() - started) / num_batches}
 
 
-def loop_benchmark(tmp: pathlib.Path, num_steps: int, log_every: int, rounds: int) -> dict:
+def loop_benchmark(tmp: pathlib.Path, num_steps: int, log_every: int, rounds: int, with_torch: bool) -> dict:
+  """The loop contenders, alternated round by round; PyTorch's too `with_torch` (torch_compare.py)."""
   bench = Bench(tmp, num_steps, log_every)
   contenders = {
       'fit': bench.fit,
       'handwritten': bench.handwritten,
       'jaxtrain_step': functools.partial(bench.jaxtrain_step, with_pipeline=False),
       'jaxtrain_step_with_pipeline': functools.partial(bench.jaxtrain_step, with_pipeline=True),
+      'input_wait': functools.partial(input_wait.input_wait, bench),
   }
+  if with_torch:
+    import torch_compare  # Imports torch, an optional dependency.
+
+    contenders.update(torch_compare.contenders(bench, threads=os.cpu_count()))
   per_round: dict[str, list] = {}
   for r in range(rounds):
     for name, contender in contenders.items():
@@ -297,6 +310,11 @@ def loop_benchmark(tmp: pathlib.Path, num_steps: int, log_every: int, rounds: in
   baseline = figures['handwritten_steps_per_sec']
   figures['loop_vs_handwritten'] = figures['loop_steps_per_sec'] / baseline
   figures['jaxtrain_step_vs_handwritten'] = figures['jaxtrain_step_steps_per_sec'] / baseline
+  # The input pipeline's cost measured as lost throughput (noisy: +-5% per round on a shared machine).
+  figures['pipeline_throughput_loss'] = 1 - (figures['jaxtrain_step_with_pipeline_steps_per_sec']
+                                             / figures['jaxtrain_step_steps_per_sec'])
+  if with_torch:
+    figures.update(torch_compare.ratios(figures))
   figures['per_round'] = per_round
   return figures
 
@@ -346,7 +364,10 @@ def main() -> None:
   parser.add_argument('--quick', action='store_true', help='short runs, one round: a smoke check')
   parser.add_argument('--rounds', type=int, help='alternations of the loop contenders (default 3)')
   parser.add_argument('--steps', type=int, help='timed steps per contender (default 1500)')
-  parser.add_argument('--skip-default-job', action='store_true', help='only the loop benchmark')
+  parser.add_argument('--skip-default-job', action='store_true',
+                      help='only the loop benchmark (no default job, import and start-up figures)')
+  parser.add_argument('--skip-torch', action='store_true',
+                      help='no PyTorch comparison (skipped anyway when torch is not installed)')
   parser.add_argument('--output', help='also write the JSON object to this file')
   args = parser.parse_args()
   rounds = args.rounds or (1 if args.quick else 3)
@@ -359,6 +380,9 @@ def main() -> None:
                       format='%(asctime)s %(name)s: %(message)s', datefmt='%H:%M:%S')
   logging.getLogger('benchmarks').setLevel(logging.INFO)
   logging.getLogger('jaxtrain').setLevel(logging.INFO)
+  with_torch = not args.skip_torch and importlib.util.find_spec('torch') is not None
+  if not args.skip_torch and not with_torch:
+    progress('torch is not installed: no PyTorch comparison (pip install -e ".[bench]")')
   started = time.perf_counter()
   figures = {}
   # TFDS prints its data preparation on stdout; stdout is kept for the one JSON object.
@@ -368,8 +392,9 @@ def main() -> None:
     if not args.skip_default_job:
       figures.update(default_job(tmp, args.quick))
       figures.update(import_time())
+      figures.update(startup.startup(tmp, data_dir=tmp / 'default_job_tfds'))
     figures.update(checkpoint_benchmark(tmp, args.quick))
-    figures.update(loop_benchmark(tmp, num_steps, log_every, rounds))
+    figures.update(loop_benchmark(tmp, num_steps, log_every, rounds, with_torch))
   per_round = figures.pop('per_round')  # Printed last: the figures first.
   figures.update({
       'quick': args.quick, 'rounds': rounds, 'timed_steps': num_steps, 'log_every_steps': log_every,

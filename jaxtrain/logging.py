@@ -7,7 +7,8 @@ import sys
 
 import matplotlib
 
-matplotlib.use('Agg')  # Files, not windows; notebooks get the figure returned by `plot_history`.
+if 'ipykernel' not in sys.modules:  # Files, not windows; a notebook keeps its inline backend.
+  matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import tqdm.auto  # noqa: E402
 from tensorboardX import SummaryWriter  # noqa: E402

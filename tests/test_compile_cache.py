@@ -36,8 +36,9 @@ for i, cache in enumerate(caches):
   events.clear()
 print(json.dumps(report))
 """
-# A small model: what is tested is whether programs are cached, not how long they take to compile.
-_TINY = {'train.num_steps': 2, 'train.progress_bar': False, 'model.features': (8,), 'model.head_features': ()}
+# Small models (_FITS sets model.features): what is tested is whether programs are cached, not how long
+# they take to compile.
+_TINY = {'train.num_steps': 2, 'train.progress_bar': False, 'model.head_features': ()}
 
 
 def _fits(tmp_path: pathlib.Path, data_dir: str, *caches: pathlib.Path) -> list[dict]:
