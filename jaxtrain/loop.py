@@ -188,10 +188,6 @@ def _evaluate(eval_step, state, batches, strategy: parallel.Strategy, prefix: st
   return {f'{prefix}/{key}': value for key, value in tasks.summarize(jax.device_get(totals)).items()}
 
 
-class NonFiniteError(RuntimeError):
-  """A run halted on a non-finite loss or gradient; the CLI exits 1 with its message."""
-
-
 @jax.jit
 def _stack_mean(pending: list[dict]) -> dict:
   return jax.tree.map(lambda *values: jnp.mean(jnp.stack(values)), *pending)
@@ -208,32 +204,6 @@ def _mean_metrics(pending: list[dict]) -> dict:
   return {f'train/{k}': float(v) for k, v in means.items()}
 
 
-def _check_finite(exp: _Experiment, state, train_data, ckpt: checkpoint.Checkpointer,
-                  workdir: pathlib.Path) -> None:
-  """Raises NonFiniteError when the run must halt; called only where the loop syncs anyway.
-
-  Under 'halt' the train step froze the state just before the bad step, so that step (its batch and its
-  dropout key) is re-run to name the first layer and parameter that went non-finite, and dumped for replay.
-  """
-  skips, done = (int(x) for x in jax.device_get((state.skips, state.step)))
-  nonfinite = exp.config.train.nonfinite
-  if skips == 0 or (nonfinite == 'skip' and skips < exp.config.train.max_consecutive_skips):
-    return
-  index = done if nonfinite == 'halt' else done - 1  # The failing step's batch index (= its state.step).
-  before = state.replace(step=jnp.int32(index))
-  batch = exp.strategy.place_batch(train_data[index])
-  findings = nan.investigate(exp.program, exp.config, exp.splits.image_shape, before, batch)
-  dumped = (nan.dump(workdir, exp.config, before, batch, findings) if jax.process_index() == 0
-            else workdir / nan.DUMP_DIR)
-  saved = ckpt.steps()
-  last = f'the last good checkpoint is step {saved[-1]} in {ckpt.directory}' if saved else 'no checkpoint'
-  streak = f'{skips} non-finite steps in a row (train.max_consecutive_skips); ' if nonfinite == 'skip' else ''
-  raise NonFiniteError(
-      f'training halted at step {index + 1}: {streak}{findings.describe()}; {last}; the step is dumped in '
-      f'{dumped} (replay: python -m jaxtrain.diagnostics.nan {dumped}). Try a lower optim.lr, '
-      'optim.clip_norm=1.0, or --config.train.nonfinite=skip to drop such updates')
-
-
 def _save(ckpt: checkpoint.Checkpointer, state, meta: dict, metrics: dict | None = None) -> None:
   ckpt.save(state, data.stream_state(int(jax.device_get(state.step))), meta, metrics)
 
@@ -248,7 +218,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = 
   exception it raises stops the run with the checkpoints closed.
 
   SIGTERM or SIGINT finishes the current step, saves and raises checkpoint.Preempted; a non-finite loss
-  raises NonFiniteError under train.nonfinite='halt'. With early stopping the returned state is the best.
+  raises nan.NonFiniteError under train.nonfinite='halt'. With early stopping the returned state is the best.
   """
   workdir = pathlib.Path(workdir) if workdir else None
   if jax.process_index() == 0 and jax.process_count() > 1:
@@ -339,7 +309,7 @@ def _train(exp: _Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkpointe
         save = (config_lib.every(save_every, step, exp.total_steps) or preempted is not None
                 or (config.checkpoint.epoch_end and step % exp.steps_per_epoch == 0))
         if config_lib.every(config.train.log_every_steps, step, exp.total_steps) or evaluate or save:
-          _check_finite(exp, state, train_data, ckpt, workdir)
+          nan.check(exp, state, train_data, ckpt, workdir)
         if config_lib.every(config.train.log_every_steps, step, exp.total_steps):
           record = {'step': step, 'epoch': epoch, **_mean_metrics(pending)}
           if step > last_log[0]:

@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 from jaxtrain import checkpoint, loop, parallel
 from jaxtrain import config as config_lib
-from jaxtrain.diagnostics import doctor, lr_find
+from jaxtrain.diagnostics import doctor, lr_find, nan
 from jaxtrain.experiments import ensemble, population, sweep
 
 MODES = ('train', 'eval', 'doctor', 'lr_find', 'sweep')
@@ -85,7 +85,7 @@ def main(argv: list[str]) -> None:
       print(json.dumps(ensemble.evaluate(_CONFIG.value, workdir)))
   except config_lib.ConfigError as e:
     _fail(str(e))
-  except loop.NonFiniteError as e:
+  except nan.NonFiniteError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
   except checkpoint.Preempted as e:

@@ -187,7 +187,7 @@ def poison(monkeypatch, bad_steps):
 def test_a_nan_halts_at_its_step_naming_the_layer_and_parameter_and_dumps_a_replayable_step(
     make_config, tmp_path, monkeypatch):
   poison(monkeypatch, {13})
-  with pytest.raises(loop.NonFiniteError) as error:
+  with pytest.raises(nan.NonFiniteError) as error:
     jaxtrain.fit(make_config(**{'checkpoint.every_steps': 5, 'train.log_every_steps': 4}), tmp_path)
   message = str(error.value)
   # The NaN pixel enters the first conv: its output is the first non-finite value in forward order.
@@ -209,7 +209,7 @@ def test_skip_drops_nonfinite_updates_counts_them_and_halts_after_too_many(make_
   run = jaxtrain.fit(make_config(**{'train.nonfinite': 'skip'}), tmp_path / 'skip')
   assert sum(r.get('train/skipped', 0) for r in run.history) == 5 and run.summary['steps'] == 20
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(jax.device_get(run.state.params)))
-  with pytest.raises(loop.NonFiniteError, match=r'halted at step 13: 3 non-finite steps in a row'):
+  with pytest.raises(nan.NonFiniteError, match=r'halted at step 13: 3 non-finite steps in a row'):
     jaxtrain.fit(make_config(**{'train.nonfinite': 'skip', 'train.max_consecutive_skips': 3,
                                 'train.log_every_steps': 1}), tmp_path / 'halt')
 

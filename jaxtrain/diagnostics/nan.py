@@ -17,6 +17,7 @@ import pathlib
 import sys
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -24,6 +25,10 @@ from jaxtrain import checkpoint, steps
 from jaxtrain.diagnostics import stats
 
 DUMP_DIR = 'nan_dump'
+
+
+class NonFiniteError(RuntimeError):
+  """A run halted on a non-finite loss or gradient; the CLI exits 1 with its message."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +81,32 @@ def dump(workdir: pathlib.Path, config: ml_collections.ConfigDict, state, batch:
       {'step': step, 'rng': np.asarray(jax.device_get(state.rng)).tolist(), **dataclasses.asdict(findings),
        'replay': f'python -m jaxtrain.diagnostics.nan {directory}'}, indent=2) + '\n')
   return directory
+
+
+def check(exp, state, train_data, ckpt: checkpoint.Checkpointer, workdir: pathlib.Path) -> None:
+  """Raises NonFiniteError when the run (`exp`, the loop's experiment) must halt; the loop calls it only
+  where it syncs anyway.
+
+  Under 'halt' the train step froze the state just before the bad step, so that step (its batch and its
+  dropout key) is re-run to name the first layer and parameter that went non-finite, and dumped for replay.
+  """
+  skips, done = (int(x) for x in jax.device_get((state.skips, state.step)))
+  nonfinite = exp.config.train.nonfinite
+  if skips == 0 or (nonfinite == 'skip' and skips < exp.config.train.max_consecutive_skips):
+    return
+  index = done if nonfinite == 'halt' else done - 1  # The failing step's batch index (= its state.step).
+  before = state.replace(step=jnp.int32(index))
+  batch = exp.strategy.place_batch(train_data[index])
+  findings = investigate(exp.program, exp.config, exp.splits.image_shape, before, batch)
+  dumped = (dump(workdir, exp.config, before, batch, findings) if jax.process_index() == 0
+            else workdir / DUMP_DIR)
+  saved = ckpt.steps()
+  last = f'the last good checkpoint is step {saved[-1]} in {ckpt.directory}' if saved else 'no checkpoint'
+  streak = f'{skips} non-finite steps in a row (train.max_consecutive_skips); ' if nonfinite == 'skip' else ''
+  raise NonFiniteError(
+      f'training halted at step {index + 1}: {streak}{findings.describe()}; {last}; the step is dumped in '
+      f'{dumped} (replay: python -m jaxtrain.diagnostics.nan {dumped}). Try a lower optim.lr, '
+      'optim.clip_norm=1.0, or --config.train.nonfinite=skip to drop such updates')
 
 
 def replay(directory: pathlib.Path) -> str:

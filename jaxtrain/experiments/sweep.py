@@ -22,6 +22,7 @@ import matplotlib
 
 from jaxtrain import config as config_lib
 from jaxtrain import loop
+from jaxtrain.diagnostics.nan import NonFiniteError
 
 matplotlib.use('Agg')  # Files, not windows.
 import matplotlib.pyplot as plt  # noqa: E402
@@ -182,7 +183,7 @@ def sweep(config, workdir: str | pathlib.Path) -> dict:
     except Pruned as e:
       log.info('%s', e)
       raise optuna.TrialPruned(str(e)) from None
-    except loop.NonFiniteError as e:
+    except NonFiniteError as e:
       log.warning('Trial %d failed: %s', trial.number, e)
       return float('nan')  # Optuna records a NaN objective as a failed trial.
     return run.summary['final'][metric]
