@@ -42,7 +42,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Runs from a checkout without installing jaxtrain; the subprocesses below get the same path.
 sys.path.insert(0, str(ROOT))
 
-import input_wait  # noqa: E402  (this folder: input_wait.py, startup.py, torch_compare.py)
+import checkpoint_save  # noqa: E402  (this folder: checkpoint_save.py, input_wait.py, startup.py, ...)
+import input_wait  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -50,8 +51,7 @@ import optax  # noqa: E402
 import startup  # noqa: E402
 
 import jaxtrain  # noqa: E402
-from jaxtrain import checkpoint, data, loop, models, optim  # noqa: E402
-from jaxtrain import state as state_lib  # noqa: E402
+from jaxtrain import data, loop, models  # noqa: E402
 
 CONFIG = ROOT / 'configs' / 'digits_cnn.py'
 TARGET_ACCURACY = 0.97
@@ -319,38 +319,6 @@ def loop_benchmark(tmp: pathlib.Path, num_steps: int, log_every: int, rounds: in
   return figures
 
 
-def checkpoint_benchmark(tmp: pathlib.Path, quick: bool) -> dict:
-  """How long an async save blocks the loop ÷ how long a blocking save of the same state takes.
-
-  The state is an MLP's (about 8.5M parameters, with Adam's two moments about 100 MB), big enough for the
-  write to dominate. The async figure is what `fit` waits for: `save` returning (the arrays copied off the
-  devices); the blocking one is `save` plus waiting for the commit.
-  """
-  config = jaxtrain.load_config(ROOT / 'configs' / 'digits_mlp.py',
-                                {'model.features': (2048, 2048, 2048), 'checkpoint.keep': 2})
-  model = models.build(config.model, 10)
-  tx = optim.build(config.optim, 100).tx
-  state = jax.jit(functools.partial(state_lib.create, model, tx, (8, 8, 1)))(0)
-  ckpt = checkpoint.Checkpointer(tmp / 'checkpoint-bench', config.checkpoint)
-  async_s, blocking_s = [], []
-  for round_ in range(2 if quick else 4):
-    for timings, wait_inside in ((async_s, False), (blocking_s, True)):
-      state = state.replace(step=state.step + 1)
-      started = time.perf_counter()
-      ckpt.save(state, data.stream_state(int(state.step)), {})
-      if wait_inside:
-        ckpt.wait()
-      timings.append(time.perf_counter() - started)
-      ckpt.wait()
-    progress('checkpoint round %d: async save blocked %.3fs, blocking save %.3fs', round_,
-             async_s[-1], blocking_s[-1])
-  ckpt.close()
-  return {'checkpoint_state_mb': sum(x.nbytes for x in jax.tree.leaves(state)) / 2**20,
-          'checkpoint_async_blocked_s': statistics.median(async_s),
-          'checkpoint_blocking_save_s': statistics.median(blocking_s),
-          'checkpoint_async_over_blocking': statistics.median(async_s) / statistics.median(blocking_s)}
-
-
 def import_time() -> dict:
   """Seconds a fresh interpreter takes to import the command line (JAX, TFDS, Grain, orbax, ...)."""
   started = time.perf_counter()
@@ -393,7 +361,7 @@ def main() -> None:
       figures.update(default_job(tmp, args.quick))
       figures.update(import_time())
       figures.update(startup.startup(tmp, data_dir=tmp / 'default_job_tfds'))
-    figures.update(checkpoint_benchmark(tmp, args.quick))
+    figures.update(checkpoint_save.checkpoint_benchmark(tmp, args.quick))
     figures.update(loop_benchmark(tmp, num_steps, log_every, rounds, with_torch))
   per_round = figures.pop('per_round')  # Printed last: the figures first.
   figures.update({

@@ -101,10 +101,9 @@ class Checkpointer:
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, state, data_state: dict, meta: dict, metrics: dict | None = None) -> bool:
-    """Starts an async save of `state` at its step (no-op when that step is saved); `metrics` rank it
-    for best-k retention."""
-    step = int(jax.device_get(state.step))
+  def save(self, step: int, state, data_state: dict, meta: dict, metrics: dict | None = None) -> bool:
+    """Starts an async save of `state` as `step` (the caller knows it: no device sync here; a no-op when
+    that step is saved); `metrics` rank it for best-k retention."""
     if step in self._manager.all_steps():
       return False
     # force: the loop decides when to save; orbax's own interval and in-progress checks must not skip it.

@@ -204,10 +204,6 @@ def _mean_metrics(pending: list[dict]) -> dict:
   return {f'train/{k}': float(v) for k, v in means.items()}
 
 
-def _save(ckpt: checkpoint.Checkpointer, state, meta: dict, metrics: dict | None = None) -> None:
-  ckpt.save(state, data.stream_state(int(jax.device_get(state.step))), meta, metrics)
-
-
 def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = None,
         on_eval: Callable[[int, dict], None] | None = None) -> Run:
   """Trains the configured run in `workdir` (a temporary directory when None), resuming from its newest
@@ -331,7 +327,7 @@ def _train(exp: _Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkpointe
           stopper.update(step, evaluation)
           stopped_early = bool(patience) and stopper.since >= patience
         if save or stopped_early:
-          _save(ckpt, state, meta, evaluation)
+          ckpt.save(step, state, data.stream_state(step), meta, evaluation)
         if snaps:
           snaps.maybe_save(step, state, meta)
         if preempted is not None:

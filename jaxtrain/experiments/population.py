@@ -235,7 +235,8 @@ def _save_run(workdir: pathlib.Path, config, state, stats: dict, final: dict, ke
     (workdir / loop.SUMMARY_FILE).write_text(json.dumps({'steps': int(state.step), 'final': final}) + '\n')
   ckpt = checkpoint.Checkpointer(workdir / checkpoint.CHECKPOINT_DIR, config.checkpoint)
   try:
-    ckpt.save(state, data.stream_state(int(state.step)), {'config': config.to_dict(), 'normalization': stats},
+    step = int(state.step)
+    ckpt.save(step, state, data.stream_state(step), {'config': config.to_dict(), 'normalization': stats},
               final)
   finally:
     ckpt.close()

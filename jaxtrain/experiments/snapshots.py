@@ -34,7 +34,7 @@ class Snapshots:
 
   def maybe_save(self, step: int, state, meta: dict) -> None:
     if step in self.ends:
-      self._ckpt.save(state, data.stream_state(step), meta)
+      self._ckpt.save(step, state, data.stream_state(step), meta)
 
   def close(self) -> None:
     self._ckpt.close()
