@@ -1,13 +1,17 @@
 """jaxtrain: a functional training framework on JAX and Flax."""
 
+from jaxtrain import data
+from jaxtrain.api import evaluate, fit
+from jaxtrain.callbacks.nonfinite import NonFiniteError
 from jaxtrain.checkpoint import Preempted
 from jaxtrain.config import ConfigError, load_config
 from jaxtrain.diagnostics.doctor import doctor
 from jaxtrain.diagnostics.lr_find import lr_find
-from jaxtrain.diagnostics.nan import NonFiniteError
+from jaxtrain.engine import Callback, Trainer
 from jaxtrain.experiments.sweep import sweep
-from jaxtrain.loop import Run, evaluate, fit
+from jaxtrain.history import Run
+from jaxtrain.tasks import Task
 
 __version__ = '0.1.0'
-__all__ = ['ConfigError', 'NonFiniteError', 'Preempted', 'Run', 'doctor', 'evaluate', 'fit', 'load_config',
-           'lr_find', 'sweep']
+__all__ = ['Callback', 'ConfigError', 'NonFiniteError', 'Preempted', 'Run', 'Task', 'Trainer', 'data', 'doctor',
+           'evaluate', 'fit', 'load_config', 'lr_find', 'sweep']

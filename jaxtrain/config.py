@@ -24,7 +24,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'digits'
+  c.data.name = 'digits'  # A zoo name, 'tfds:<any TFDS name>', or 'my_pkg.data:load' (returns an Arrays).
   c.data.data_dir = ''  # '' = TFDS's default folder under the user's home (or $TFDS_DATA_DIR).
   c.data.batch_size = 64  # Global batch size, split across devices.
   c.data.eval_batch_size = 256
@@ -38,9 +38,12 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.crop_min_scale = 0.08  # random_resized_crop: smallest area fraction of a crop (ratio 3/4..4/3).
   c.data.classes = ()  # Keep only these labels in every split (e.g. (5, 6, 7, 8, 9)); () = all.
   c.data.train_fraction = 1.0  # Train on this fraction of the training split (a fixed random subset).
+  c.data.normalize = ('image',)  # Keys normalized by training-split mean/std per channel; others pass as-is.
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = 'cnn'
+  c.model.name = 'cnn'  # A zoo name, or an import path 'my_pkg.nets:TinyNet' (Linen or NNX), built ...
+  c.model.kwargs = ml_collections.ConfigDict()  # ... with these keyword arguments.
+  c.model.inputs = ('image',)  # Batch keys passed to the model, positionally.
   c.model.features = (32, 64)  # Hidden widths (mlp) or channels per stage (cnn, vgg) or level (unet).
   c.model.head_features = (128,)  # Dense layers between the pooled features and the classifier (cnn, vgg).
   c.model.kernel_size = 3
@@ -64,7 +67,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.model.vit_pooling = 'token'  # vit: token (class token) | avg (mean of tokens) | attention.
 
   c.task = ml_collections.ConfigDict()
-  c.task.name = 'classification'  # classification|binary|multilabel|regression|segmentation.
+  # classification|binary|multilabel|regression|segmentation, or 'my_pkg.losses:focal' (a Task or a loss).
+  c.task.name = 'classification'
   c.task.label_smoothing = 0.0  # Softmax/sigmoid targets move this fraction towards uniform.
 
   c.optim = ml_collections.ConfigDict()
@@ -284,8 +288,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
                'give increasing fractions of training in (0, 1), e.g. (0.5, 0.75)')
   _check_range(config, ('checkpoint.mode', 'early_stopping.mode'), lambda m: m in ('min', 'max'),
                "choose 'min' or 'max'")
-  _check_range(config, ('checkpoint.monitor', 'early_stopping.monitor'),
-               lambda m: m in ('eval/loss', 'eval/accuracy'), "choose 'eval/loss' or 'eval/accuracy'")
   _check_range(config, ('train.nonfinite',), lambda m: m in ('halt', 'skip'), "choose 'halt' or 'skip'")
   if config.data.batch_size % config.optim.accumulate_steps:
     raise ConfigError(f'data.batch_size={config.data.batch_size} does not split into '
@@ -323,6 +325,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.train.num_steps <= 0 and config.train.num_epochs <= 0:
     raise ConfigError('neither train.num_epochs nor train.num_steps is set; '
                       'set one, e.g. --config.train.num_steps=500')
+
+
+def check_monitors(config: ml_collections.ConfigDict, produced: Collection[str]) -> None:
+  """Every metric a config watches must be one that evaluation produces (`produced`: 'eval/loss', ...)."""
+  watched = {'checkpoint.monitor': config.checkpoint.monitor,
+             'early_stopping.monitor': config.early_stopping.monitor}
+  if config.sweep.space:
+    watched['sweep.metric'] = config.sweep.metric
+  for key, name in watched.items():
+    allowed = produced if key != 'sweep.metric' else {*produced, *(f'test/{m[5:]}' for m in produced)}
+    if name not in allowed:
+      raise ConfigError(f'{key}={name!r} is not a metric this run reports; choose one of: '
+                        f'{", ".join(sorted(allowed))}')
 
 
 def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:

@@ -13,10 +13,11 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from jaxtrain import checkpoint, loop, parallel
+from jaxtrain import api, checkpoint, parallel
 from jaxtrain import config as config_lib
-from jaxtrain.diagnostics import doctor, lr_find, nan
-from jaxtrain.experiments import ensemble, population, sweep
+from jaxtrain.callbacks.nonfinite import NonFiniteError
+from jaxtrain.diagnostics import doctor, lr_find
+from jaxtrain.experiments import sweep
 
 MODES = ('train', 'eval', 'doctor', 'lr_find', 'sweep')
 
@@ -67,8 +68,7 @@ def main(argv: list[str]) -> None:
   try:
     parallel.initialize_distributed()  # Several processes (SLURM, launch/*.sh) join before any device use.
     if _MODE.value == 'train':
-      fit = population.fit_population if _CONFIG.value.population.size > 1 else loop.fit
-      run = fit(_CONFIG.value, workdir)
+      run = api.fit(_CONFIG.value, workdir)
       print(json.dumps(run.summary['final']))
       print(f'Run saved in {workdir}; the same command resumes it.')
     elif _MODE.value == 'doctor':
@@ -82,10 +82,10 @@ def main(argv: list[str]) -> None:
     elif _MODE.value == 'sweep':
       print(json.dumps(sweep.sweep(_CONFIG.value, workdir)['best']))
     else:
-      print(json.dumps(ensemble.evaluate(_CONFIG.value, workdir)))
+      print(json.dumps(api.evaluate(_CONFIG.value, workdir)))
   except config_lib.ConfigError as e:
     _fail(str(e))
-  except nan.NonFiniteError as e:
+  except NonFiniteError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
   except checkpoint.Preempted as e:

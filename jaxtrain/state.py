@@ -10,7 +10,8 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a step reads and writes. `batch_stats` is {} for models without BatchNorm.
+  """Everything a step reads and writes. `batch_stats` is the model's non-trained state: Linen's
+  'batch_stats' collection, or an NNX module's variables other than its Params; {} when there are none.
 
   `rng` is the run's base key; step `s` uses `fold_in(rng, s)`, so a resumed run draws the same numbers.
   `skips` counts the consecutive steps whose update was dropped for a non-finite loss or gradient.
@@ -26,11 +27,11 @@ class TrainState:
   ema: Any
 
 
-def create(model, tx: optax.GradientTransformation, image_shape: tuple[int, ...], seed: int,
-           ema: bool = False):
-  """A fresh state: parameters from the model's initializers, optimizer state from `tx`."""
+def create(model, tx: optax.GradientTransformation, example: dict, seed: int, ema: bool = False):
+  """A fresh state: parameters from the model's initializers (`model.Model.init` on `example`, a batch of
+  zeros shaped like the data), optimizer state from `tx`."""
   init_key, rng = jax.random.split(jax.random.PRNGKey(seed))
-  variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  variables = model.init(init_key, example)
   params = variables['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     batch_stats=variables.get('batch_stats', {}), rng=rng, skips=jnp.zeros((), jnp.int32),

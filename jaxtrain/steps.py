@@ -26,7 +26,7 @@ def make_loss_fn(model, optim_config, task: tasks.Task = CLASSIFICATION, capture
   def loss_fn(params, state: TrainState, batch: dict, rng=None):
     rng = jax.random.fold_in(state.rng, state.step) if rng is None else rng
     logits, new_model_state = model.apply(
-        variables(state.replace(params=params)), batch['image'], train=True,
+        variables(state.replace(params=params)), batch, train=True,
         rngs={'dropout': rng}, mutable=['batch_stats', 'intermediates'] if capture else ['batch_stats'],
         capture_intermediates=stats.is_activation if capture else False)
     loss = task.loss(logits, batch).mean()
@@ -42,16 +42,17 @@ def make_loss_fn(model, optim_config, task: tasks.Task = CLASSIFICATION, capture
 
 
 def _augmented(augment, state: TrainState, batch: dict) -> dict:
-  """The batch as the step at `state.step` trains on it: `augment(rng, images)` drawn from the step key."""
+  """The batch as the step at `state.step` trains on it: `augment(rng, images)` drawn from the step key,
+  on the 'image' key (config checking refuses augmentation for data without one)."""
   if augment is None:
     return batch
   key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), _AUGMENT_STREAM)
   return {**batch, 'image': augment(key, batch['image'])}
 
 
-def _train_metrics(task: tasks.Task, logits, batch) -> dict:
+def _train_metrics(task: tasks.Task, outputs, batch) -> dict:
   """The task's per-example metrics as batch means (scalars only: per-class IoU sums stay for eval)."""
-  sums = task.metrics(logits, batch, jnp.ones(logits.shape[0], bool))
+  sums = task.sums(outputs, batch, jnp.ones(jax.tree.leaves(batch)[0].shape[0], bool))
   return {k: v / sums['count'] for k, v in sums.items() if k not in ('count', 'loss') and v.ndim == 0}
 
 
@@ -98,7 +99,7 @@ def make_train_step(model, optimizer: optim.Optimizer, optim_config, nonfinite: 
     split = jax.tree.map(lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)
     first = jax.tree.map(lambda x: x[0], split)
     metrics_shape = jax.eval_shape(lambda: _train_metrics(task, model.apply(
-        variables(state), first['image'], train=False), first))
+        variables(state), first, train=False), first))
     zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros(()),
              jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape), state.batch_stats)
     (grads, loss, metrics, batch_stats), _ = jax.lax.scan(
@@ -162,7 +163,7 @@ def make_forensics(model, optim_config, task: tasks.Task = CLASSIFICATION, augme
   def forensics(state: TrainState, batch: dict):
     batch = _augmented(augment, state, batch)
     grads, (loss, _, _) = jax.grad(loss_fn, has_aux=True)(state.params, state, batch)
-    _, captured = model.apply(variables(state), batch['image'], train=True, capture_intermediates=True,
+    _, captured = model.apply(variables(state), batch, train=True, capture_intermediates=True,
                               rngs={'dropout': jax.random.fold_in(state.rng, state.step)},
                               mutable=['intermediates', 'batch_stats'])
     finite = lambda tree: {  # noqa: E731
@@ -180,7 +181,7 @@ def make_eval_step(model, task: tasks.Task = CLASSIFICATION, use_ema: bool = Fal
   def eval_step(state: TrainState, batch: dict):
     if use_ema:
       state = state.replace(params=state.ema)
-    logits = model.apply(variables(state), batch['image'], train=False)
-    return task.metrics(logits, batch, batch['mask'])
+    outputs = model.apply(variables(state), batch, train=False)
+    return task.sums(outputs, batch, batch['mask'])
 
   return eval_step

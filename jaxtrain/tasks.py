@@ -2,10 +2,11 @@
 
 Note 004: the loss must fit the task (softmax cross-entropy for one class per example, a sigmoid per label
 when several can be true, squared error for numbers). Every function is pure and works on a batch:
-`loss(logits, batch)` gives one loss per example; `metrics(logits, batch, mask)` gives sums over the real
-examples (mask=True), so sums of padded eval batches add up exactly and `summarize` divides once at the end;
-mean IoU is summed as per-class intersections and unions for the same reason (a mean of per-batch IoUs is
-not the IoU of the split). `check` rejects a model head that cannot fit the task before anything compiles.
+`loss(outputs, batch)` gives one loss per example, `metrics(outputs, batch)` one value per example and
+metric; `Task.sums` adds them over the real examples (mask=True), so sums of padded eval batches add up
+exactly and `summarize` divides once at the end. Mean IoU is summed as per-class intersections and unions for
+the same reason (a mean of per-batch IoUs is not the IoU of the split). The zoo's tasks are `Task`s like a
+user's; `check` rejects a zoo head that cannot fit the task before anything compiles.
 """
 
 import dataclasses
@@ -20,15 +21,52 @@ import optax
 from jaxtrain.config import ConfigError, lookup
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Task:
-  """A task's pure functions; `outputs(num_classes)` is the head width the model is built with."""
+  """What a model's outputs mean: `loss(outputs, batch)` gives one loss per example; `metrics(outputs,
+  batch)` (optional) gives `{name: one value per example}`, reported as means over a split next to the loss.
 
-  name: str
-  loss: Callable  # (logits, batch) -> (batch,) losses.
-  metrics: Callable  # (logits, batch, mask) -> {'loss', 'count', ...} summed over mask.
-  check: Callable  # (output_shape without the batch axis, num_classes) -> None or ConfigError.
-  outputs: Callable  # num_classes -> width of the model's last layer.
+  `label` names the batch key that holds the targets. The rest is for the zoo's tasks: `head(num_classes)`
+  is the width a zoo model's last layer is built with, `check(output shape, num_classes)` rejects a head
+  that cannot fit the task, and `totals(outputs, batch, mask)` adds sums that are not per-example means
+  (per-class intersections and unions for mean IoU). Compared by identity: the compiled-program cache
+  never reuses a program built for another task object.
+  """
+
+  loss: Callable
+  metrics: Callable | None = None
+  label: str = 'label'
+  name: str = 'custom'
+  head: Callable | None = None
+  check: Callable | None = None
+  totals: Callable | None = None
+
+  def sums(self, outputs, batch: dict, mask) -> dict:
+    """{'loss', every metric, 'count'} summed over the real examples (mask=True), plus `totals`."""
+    per_example = {'loss': self.loss(outputs, batch),
+                   **(self.metrics(outputs, batch) if self.metrics else {})}
+    sums = {key: _sum(value, mask) for key, value in per_example.items()}
+    sums['count'] = jnp.sum(mask)
+    if self.totals:
+      sums.update(self.totals(outputs, batch, mask))
+    return sums
+
+  def check_outputs(self, outputs, batch: dict) -> None:
+    """A ConfigError unless the loss and every metric give one value per example (checked abstractly)."""
+    size = jax.tree.leaves(batch)[0].shape[0]
+    values = jax.eval_shape(lambda o, b: {'loss': self.loss(o, b), **(self.metrics(o, b) if self.metrics else {})},
+                            outputs, batch)
+    for name, value in values.items():
+      if getattr(value, 'shape', None) != (size,):
+        raise ConfigError(
+            f'the task\'s {name} gives shape {getattr(value, "shape", type(value).__name__)} for a batch of '
+            f'{size}; return one value per example, shape ({size},) (average other axes yourself)')
+
+  def metric_names(self, outputs, batch: dict) -> list[str]:
+    """The names `summarize` reports for this task (loss, the metrics, mean_iou from totals)."""
+    sums = jax.eval_shape(lambda o, b: self.sums(o, b, jnp.ones(jax.tree.leaves(b)[0].shape[0], bool)),
+                          outputs, batch)
+    return sorted(summarize_keys(sums))
 
 
 def _smooth(targets, label_smoothing: float, num_values: int):
@@ -70,36 +108,33 @@ def _squared_error(logits, batch, label_smoothing: float = 0.0):
   return _per_example((logits.astype(jnp.float32) - targets) ** 2)
 
 
-def _classification_metrics(logits, batch, mask, loss):
-  correct = jnp.argmax(logits, -1) == batch['label']
-  return {'loss': _sum(loss(logits, batch), mask), 'accuracy': _sum(correct, mask),
-          'count': jnp.sum(mask)}
+def _classification_metrics(logits, batch):
+  return {'accuracy': (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)}
 
 
-def _sigmoid_metrics(logits, batch, mask, loss):
+def _sigmoid_metrics(logits, batch):
   """accuracy: the fraction of labels right per example; exact_match: all of an example's labels right."""
   correct = (logits > 0) == (_sigmoid_targets(logits, batch) > 0.5)
-  return {'loss': _sum(loss(logits, batch), mask), 'accuracy': _sum(_per_example(correct), mask),
-          'exact_match': _sum(correct.reshape(correct.shape[0], -1).all(axis=1), mask),
-          'count': jnp.sum(mask)}
+  return {'accuracy': _per_example(correct),
+          'exact_match': correct.reshape(correct.shape[0], -1).all(axis=1).astype(jnp.float32)}
 
 
-def _regression_metrics(logits, batch, mask, loss):
+def _regression_metrics(logits, batch):
   error = logits.astype(jnp.float32) - batch['label'].reshape(logits.shape)
-  return {'loss': _sum(loss(logits, batch), mask), 'mae': _sum(_per_example(jnp.abs(error)), mask),
-          'count': jnp.sum(mask)}
+  return {'mae': _per_example(jnp.abs(error))}
 
 
-def _segmentation_metrics(logits, batch, mask, loss):
-  """Pixel accuracy per example, and per-class intersection and union pixel counts for mean IoU."""
+def _segmentation_metrics(logits, batch):
+  return {'accuracy': _per_example(jnp.argmax(logits, -1) == batch['label'])}
+
+
+def _iou_totals(logits, batch, mask):
+  """Per-class intersection and union pixel counts over the real examples, for mean IoU."""
   num_classes = logits.shape[-1]
   predicted = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes, dtype=jnp.int32)
   actual = jax.nn.one_hot(batch['label'], num_classes, dtype=jnp.int32)
   real = mask.reshape(-1, 1, 1, 1).astype(jnp.int32)
-  correct = jnp.argmax(logits, -1) == batch['label']
-  return {'loss': _sum(loss(logits, batch), mask), 'accuracy': _sum(_per_example(correct), mask),
-          'count': jnp.sum(mask),
-          'intersection': jnp.sum(predicted * actual * real, axis=(0, 1, 2)),
+  return {'intersection': jnp.sum(predicted * actual * real, axis=(0, 1, 2)),
           'union': jnp.sum(jnp.maximum(predicted, actual) * real, axis=(0, 1, 2))}
 
 
@@ -138,31 +173,37 @@ def _check_segmentation(output_shape: tuple[int, ...], num_classes: int) -> None
         f"gives {tuple(output_shape)}; use model.name='unet' and a data set with per-pixel labels")
 
 
-# name -> (loss, metrics, check, head width from the number of classes).
+# name -> (loss, per-example metrics, check, head width from the number of classes, extra totals).
 TASKS = {
     'classification': (_softmax_loss, _classification_metrics, _check_vector('classification', _same),
-                       _same),
-    'binary': (_sigmoid_loss, _sigmoid_metrics, _check_binary, _one),
-    'multilabel': (_sigmoid_loss, _sigmoid_metrics, _check_vector('multilabel', _same), _same),
+                       _same, None),
+    'binary': (_sigmoid_loss, _sigmoid_metrics, _check_binary, _one, None),
+    'multilabel': (_sigmoid_loss, _sigmoid_metrics, _check_vector('multilabel', _same), _same, None),
     # For regression, "classes" are the targets per example.
-    'regression': (_squared_error, _regression_metrics, _check_vector('regression', _same), _same),
-    'segmentation': (_softmax_loss, _segmentation_metrics, _check_segmentation, _same),
+    'regression': (_squared_error, _regression_metrics, _check_vector('regression', _same), _same, None),
+    'segmentation': (_softmax_loss, _segmentation_metrics, _check_segmentation, _same, _iou_totals),
 }
 
 
 def build(task_config) -> Task:
-  """The configured task (`task.name`, `task.label_smoothing`); ConfigError for an unknown name."""
-  loss_fn, metrics_fn, check, outputs = lookup(TASKS, 'task.name', task_config.name)
-  loss = functools.partial(loss_fn, label_smoothing=task_config.label_smoothing)
-  return Task(name=task_config.name, loss=loss, metrics=functools.partial(metrics_fn, loss=loss),
-              check=check, outputs=outputs)
+  """The configured zoo task (`task.name`, `task.label_smoothing`); ConfigError for an unknown name."""
+  loss_fn, metrics, check, head, totals = lookup(TASKS, 'task.name', task_config.name)
+  return Task(loss=functools.partial(loss_fn, label_smoothing=task_config.label_smoothing),
+              metrics=metrics, name=task_config.name, head=head, check=check, totals=totals)
+
+
+_TOTALS = ('count', 'intersection', 'union')
+
+
+def summarize_keys(totals: dict) -> list[str]:
+  """The names `summarize` gives for these sums."""
+  return [key for key in totals if key not in _TOTALS] + (['mean_iou'] if 'union' in totals else [])
 
 
 def summarize(totals: dict) -> dict:
   """Summed metrics (fetched to the host) -> means per example, plus mean IoU over the classes present."""
   count = float(totals['count'])
-  means = {key: float(value) / count for key, value in totals.items()
-           if key not in ('count', 'intersection', 'union')}
+  means = {key: float(value) / count for key, value in totals.items() if key not in _TOTALS}
   if 'union' in totals:
     union = np.asarray(totals['union'], np.float64)
     present = union > 0  # A class in neither labels nor predictions says nothing about the model.

@@ -1,20 +1,23 @@
-"""Input: data sets by name (TFDS, incl. the embedded digits) and Grain pipelines."""
+"""Input: a user's arrays, data sets by name (TFDS, incl. the embedded digits) and Grain pipelines."""
 
+from jaxtrain.data.arrays import Arrays
 from jaxtrain.data.pipeline import (
     STATS_FILE,
     chunk_steps,
     chunks,
     compute_stats,
+    device_dtype,
     eval_batches,
     iterate,
+    length,
     load_or_compute_stats,
     prefetch,
     stream_state,
     train_batches,
     train_iterator,
 )
-from jaxtrain.data.sources import DATASETS, Splits, load, read
+from jaxtrain.data.sources import DATASETS, Splits, load, read, subset
 
-__all__ = ['DATASETS', 'STATS_FILE', 'Splits', 'chunk_steps', 'chunks', 'compute_stats', 'eval_batches',
-           'iterate', 'load', 'load_or_compute_stats', 'prefetch', 'read', 'stream_state', 'train_batches',
-           'train_iterator']
+__all__ = ['DATASETS', 'STATS_FILE', 'Arrays', 'Splits', 'chunk_steps', 'chunks', 'compute_stats', 'device_dtype',
+           'eval_batches', 'iterate', 'length', 'load', 'load_or_compute_stats', 'prefetch', 'read', 'stream_state',
+           'subset', 'train_batches', 'train_iterator']

@@ -24,36 +24,64 @@ import numpy as np
 STATS_FILE = 'normalization.json'
 
 
-def compute_stats(split: dict, max_examples: int) -> dict:
-  """Per-channel mean and std of a split's images (the training split, never eval or test)."""
-  images = split['image'][:max_examples].astype(np.float64)
-  axes = tuple(range(images.ndim - 1))
-  std = images.std(axis=axes)
-  return {'mean': images.mean(axis=axes).tolist(),
-          'std': np.where(std > 0, std, 1.0).tolist(),
-          'num_examples': len(images)}
+def compute_stats(split: dict, max_examples: int, keys=('image',)) -> dict:
+  """Per-channel (last axis) mean and std of each of `keys` in a split: the training split, never eval or
+  test. Only these keys are normalized (`data.normalize`): token ids and tabular features pass as they are."""
+  stats = {}
+  for key in keys:
+    if key not in split:
+      continue
+    values = split[key][:max_examples].astype(np.float64)
+    axes = tuple(range(values.ndim - 1)) or (0,)
+    std = values.std(axis=axes)
+    stats[key] = {'mean': np.atleast_1d(values.mean(axis=axes)).tolist(),
+                  'std': np.atleast_1d(np.where(std > 0, std, 1.0)).tolist()}
+  return {**stats, 'num_examples': min(length(split), max_examples)}
 
 
-def load_or_compute_stats(split: dict, workdir: pathlib.Path, max_examples: int, write: bool = True) -> dict:
+def load_or_compute_stats(split: dict, workdir: pathlib.Path, max_examples: int, write: bool = True,
+                          keys=('image',)) -> dict:
   """Statistics stored in the workdir win, so eval and resumed runs normalize exactly like training did.
   Only one process of a multi-process run writes them (`write`); the others compute the same numbers."""
   path = workdir / STATS_FILE
   if path.exists():
     return json.loads(path.read_text())
-  stats = compute_stats(split, max_examples)
+  stats = compute_stats(split, max_examples, keys)
   if write:
     path.write_text(json.dumps(stats, indent=2))
   return stats
 
 
+def length(split: dict) -> int:
+  """The number of examples of a split (every array has one row per example)."""
+  return len(next(iter(split.values())))
+
+
+def device_dtype(values: np.ndarray) -> np.dtype:
+  """The dtype an array travels to the device with: JAX's 32-bit defaults, so 64-bit NumPy arrays become
+  int32/float32; integers stay integers (token ids for nn.Embed), small ones (uint8 pixels) keep their width."""
+  if np.issubdtype(values.dtype, np.floating):
+    return np.dtype(np.float32)
+  if values.dtype.itemsize > 4 and np.issubdtype(values.dtype, np.integer):
+    return np.dtype(np.int32)
+  return values.dtype
+
+
 def _normalizer(stats: dict) -> Callable[[dict], dict]:
-  mean = np.asarray(stats['mean'], np.float32)
-  std = np.asarray(stats['std'], np.float32)
+  """Normalizes the keys `stats` has to float32 with their training-split mean and std; casts the rest
+  with `device_dtype`."""
+  moments = {key: (np.asarray(value['mean'], np.float32), np.asarray(value['std'], np.float32))
+             for key, value in stats.items() if isinstance(value, dict)}
 
   def normalize(batch: dict) -> dict:
-    label = batch['label']  # Class ids (any shape: per-pixel for segmentation) or regression targets.
-    return {'image': (batch['image'].astype(np.float32) - mean) / std,
-            'label': label.astype(np.float32 if np.issubdtype(label.dtype, np.floating) else np.int32)}
+    out = {}
+    for key, values in batch.items():
+      if key in moments:
+        mean, std = moments[key]
+        out[key] = (values.astype(np.float32) - mean) / std
+      else:
+        out[key] = values.astype(device_dtype(values), copy=False)
+    return out
   return normalize
 
 
@@ -71,7 +99,7 @@ def train_batches(split: dict, stats: dict, batch_size: int, seed: int,
   step sees a full batch and no example repeats within an epoch. With several processes, `shard=(index,
   count)` makes a process gather and normalize only its rows of each global batch.
   """
-  num_examples = len(split['label'])
+  num_examples = length(split)
   steps_per_epoch = num_examples // batch_size
   normalize = _normalizer(stats)
 
@@ -126,12 +154,12 @@ def eval_batches(split: dict, stats: dict, batch_size: int,
                  shard: tuple[int, int] = (0, 1)) -> grain.MapDataset:
   """Every example once, in order, in batches of exactly `batch_size` with a `mask` of real examples (this
   process's rows of them with `shard`, as in `train_batches`)."""
-  num_examples = len(split['label'])
+  num_examples = length(split)
   normalize = _normalizer(stats)
 
   def batch(index: int) -> dict:
     chunk = normalize({k: v[index * batch_size:(index + 1) * batch_size] for k, v in split.items()})
-    size = len(chunk['label'])
+    size = length(chunk)
     padded = {k: np.pad(v, [(0, batch_size - size)] + [(0, 0)] * (v.ndim - 1)) for k, v in chunk.items()}
     padded['mask'] = np.arange(batch_size) < size
     return {k: v[_rows(batch_size, shard)] for k, v in padded.items()}

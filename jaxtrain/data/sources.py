@@ -1,6 +1,7 @@
-"""Data sets by name, read from TFDS into memory: {'image': uint8 (n, H, W, C), 'label': int32 (n, ...)}.
+"""Data sets read into memory as splits of arrays with any keys: the zoo's names, any TFDS data set as
+'tfds:<name>', or a user's `Arrays` (data/arrays.py).
 
-The only module that talks to TFDS. Adding a data set means adding one `Source` to `DATASETS`; the
+The only module that talks to TFDS. Adding a named data set means adding one `Source` to `DATASETS`; the
 validation split is carved here, deterministically, from the end of the train split. Splits are decoded
 once, which suits data sets up to a few GB (digits, MNIST, CIFAR); ImageNet (~190 GB decoded at 224x224)
 needs a streaming pipeline before it can train at full size.
@@ -30,13 +31,23 @@ class Splits:
   eval: dict
   test: dict
   eval_name: str  # 'validation' or 'test'.
-  num_classes: int
-  image_shape: tuple[int, ...]
+  num_classes: int  # Of integer labels (the zoo's heads are built with it); 0 when there are none.
+
+  @property
+  def keys(self) -> tuple[str, ...]:
+    return tuple(self.train)
 
 
 def _plain(record: dict, data_config=None) -> dict:
   del data_config  # Images of a fixed size are used as stored.
   return {'image': record['image'], 'label': record['label']}
+
+
+def _numeric(record: dict, data_config=None) -> dict:
+  """Every numeric feature of a record as stored ('tfds:<name>'); strings (file names, ids) are left out."""
+  del data_config
+  return {key: value for key, value in record.items()
+          if np.asarray(value).dtype.kind in 'biuf'}
 
 
 def _resized(record: dict, data_config) -> dict:
@@ -117,18 +128,18 @@ def data_dir(config) -> str:
 
 
 def read(source, example: Callable[[dict], dict] = _plain) -> dict:
-  """Decodes a TFDS data source into arrays, each record through `example`."""
+  """Decodes a random-access source (a TFDS or Grain data source, a `grain.MapDataset`, a list of dicts)
+  into arrays, each record through `example`."""
   examples = [example(source[i]) for i in range(len(source))]
-  return {'image': np.stack([e['image'] for e in examples]),
-          'label': np.asarray(np.stack([e['label'] for e in examples]), np.int32)}
+  return {key: np.stack([np.asarray(e[key]) for e in examples]) for key in examples[0]}
 
 
-def _subset(split: dict, data_config, name: str) -> dict:
+def subset(split: dict, data_config, name: str, label: str = 'label') -> dict:
   """The examples of `data.classes` (labels kept as they are); for the train split, a fixed random
   `data.train_fraction` of them (transfer learning with little data)."""
-  keep = np.ones(len(split['label']), bool)
+  keep = np.ones(len(next(iter(split.values()))), bool)
   if data_config.classes:
-    keep = np.isin(split['label'], data_config.classes)
+    keep = np.isin(split[label], data_config.classes)
   indices = np.flatnonzero(keep)
   if name == 'train' and data_config.train_fraction < 1:
     indices = np.sort(np.random.default_rng(0).permutation(indices)[:round(data_config.train_fraction
@@ -139,19 +150,29 @@ def _subset(split: dict, data_config, name: str) -> dict:
   return split if len(indices) == len(keep) else {k: v[indices] for k, v in split.items()}
 
 
-def load(config) -> Splits:
-  """Opens (preparing if needed) the configured data set and decodes its splits into arrays."""
-  source = lookup(DATASETS, 'data.name', config.data.name)
+def source(name: str) -> Source:
+  """The Source of a zoo name, or of any TFDS data set named 'tfds:<name>' (every numeric feature)."""
+  if name.startswith('tfds:'):
+    return Source(_tfds(name[len('tfds:'):]), example=_numeric)
+  return lookup(DATASETS, 'data.name', name)
+
+
+def load(config, data=None, label: str = 'label') -> Splits:
+  """The splits of `data` (an object with `.splits(config, label)`, such as `Arrays`), or else of the
+  configured data set, opened (prepared if needed) and decoded into arrays."""
+  if data is not None:
+    return data.splits(config, label)
+  source_ = source(config.data.name)
   directory = data_dir(config)
   try:
-    builder = source(directory)
+    builder = source_(directory)
     train = builder.as_data_source(split='train')
-    test = builder.as_data_source(split=source.test_split)
+    test = builder.as_data_source(split=source_.test_split)
   except (FileNotFoundError, KeyError, tfds.core.registered.DatasetNotFoundError) as e:
     raise ConfigError(
         f'data set {config.data.name!r} is not prepared in {directory!r}; prepare it once with '
         f'tfds.builder({config.data.name!r}, data_dir={directory!r}, file_format="array_record")'
-        '.download_and_prepare() or point data.data_dir at a folder that has it' + source.hint) from e
+        '.download_and_prepare() or point data.data_dir at a folder that has it' + source_.hint) from e
   fraction = config.data.validation_fraction
   num_val = max(1, round(fraction * len(train))) if fraction > 0 else 0
   if num_val > 0:
@@ -160,10 +181,11 @@ def load(config) -> Splits:
                          builder.as_data_source(split=f'train[{num_train}:]'))
   else:
     evaluation = test
-  example = functools.partial(source.example, data_config=config.data)
-  train, evaluation, test = (_subset(read(split, example), config.data, name)
+  example = functools.partial(source_.example, data_config=config.data)
+  train, evaluation, test = (subset(read(split, example), config.data, name)
                              for split, name in ((train, 'train'), (evaluation, 'eval'), (test, 'test')))
+  features = builder.info.features
+  label = features['label'] if 'label' in features.keys() else None
   return Splits(train=train, eval=evaluation, test=test,
                 eval_name='validation' if num_val > 0 else 'test',
-                num_classes=source.num_classes or builder.info.features['label'].num_classes,
-                image_shape=tuple(train['image'].shape[1:]))
+                num_classes=source_.num_classes or getattr(label, 'num_classes', 0) or 0)

@@ -16,10 +16,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxtrain import steps, tasks
+from jaxtrain import data, steps, tasks
+from jaxtrain import model as model_lib
 from jaxtrain.config import ConfigError
 from jaxtrain.diagnostics import curves, experiment, lr_find, plots, stats
-from jaxtrain.logging import read_metrics
+from jaxtrain.history import read_metrics
 from jaxtrain.state import variables
 
 RESULT_FILE = 'doctor.json'
@@ -31,11 +32,15 @@ class Check:
   """One row of the verdict: what was measured, what a healthy run shows, and what to do otherwise."""
 
   name: str
-  status: str  # 'pass' | 'warn' | 'fail'
+  status: str  # 'pass' | 'warn' | 'fail' | 'skipped' (cannot be measured on this model; `advice` says why)
   value: float | str
   expected: str
   advice: str = ''
   details: dict = dataclasses.field(default_factory=dict)  # Per-layer numbers, where a check has them.
+
+
+def skipped(name: str, reason: str) -> Check:
+  return Check(name, 'skipped', 'not measured', 'n/a', reason)
 
 
 def _status(fail: bool, warn: bool) -> str:
@@ -242,7 +247,7 @@ def _probe(model, optim_config, task: tasks.Task, activation: str):
 
   def probe(state, batch):
     grads, (loss, logits, _) = jax.grad(loss_fn, has_aux=True)(state.params, state, batch)
-    _, captured = model.apply(variables(state), batch['image'], train=True,
+    _, captured = model.apply(variables(state), batch, train=True,
                               mutable=['batch_stats', 'intermediates'],
                               capture_intermediates=stats.is_activation)
     outputs = captured['intermediates']
@@ -254,10 +259,19 @@ def _probe(model, optim_config, task: tasks.Task, activation: str):
   return jax.jit(probe)
 
 
+def _without_dropout(model, user_model: bool):
+  """The model with dropout off for training-style checks: the zoo's by its `dropout` field; a user's model
+  keeps its own (its regularization is its code's, which the doctor cannot reach without a hook)."""
+  if user_model or not isinstance(model, model_lib.Model):
+    return model
+  return model_lib.Model(model.module.clone(dropout=0.0), model.inputs)
+
+
 def _host(moment: dict) -> dict:
   """A probe's output on the host: per-layer dicts of floats, the logits as an array."""
   moment = jax.device_get(moment)
-  return {k: np.asarray(v) if k == 'logits' else jax.tree.map(float, v) for k, v in moment.items()}
+  return {k: (np.asarray(v) if isinstance(v, jax.Array | np.ndarray) else v) if k == 'logits'
+          else jax.tree.map(float, v) for k, v in moment.items()}
 
 
 def _measure(exp, normalization: dict) -> dict:
@@ -265,11 +279,11 @@ def _measure(exp, normalization: dict) -> dict:
   config = ml_collections.ConfigDict(exp.config.to_dict())  # Regularization off (note 004).
   config.optim.update(weight_decay=0.0, l1=0.0, l2=0.0)
   config.data.augment = 'none'
-  model = exp.program.model.clone(dropout=0.0)
+  model = _without_dropout(exp.program.model, exp.user_model)
   probe = _probe(model, config.optim, exp.program.task, config.model.activation)
   step, state = lr_find.trainer(exp, model, config)
   fresh = jax.tree.map(lambda x: x.copy(), state)  # `step` donates its input; the range test starts here.
-  examples = min(config.doctor.probe_examples, len(exp.splits.train['label']))
+  examples = min(config.doctor.probe_examples, data.length(exp.splits.train))
   probe_batch = next(experiment.batches(exp, normalization, examples))
   batch = exp.strategy.place_batch(next(experiment.batches(exp, normalization, config.data.batch_size)))
 
@@ -288,10 +302,12 @@ def _measure(exp, normalization: dict) -> dict:
                             config.doctor.lr_find_steps, c.smoothing, c.diverge_factor)
   moments = {name: _host(m) for name, m in moments.items()}
   ratios = jax.device_get(ratios)
-  order = stats.forward_order(model, exp.splits.image_shape)
+  order = model.forward_order(exp.example)
+  inputs = [key for key in config.data.normalize if key in probe_batch]
   return {'moments': moments,
-          'layers': sorted(moments['at init']['grads'], key=order.index),
-          'probe_images': probe_batch['image'],
+          'layers': sorted(moments['at init']['grads'], key=lambda layer: (layer not in order, order.index(
+              layer) if layer in order else 0, layer)),
+          'probe_images': probe_batch[inputs[0]] if inputs else None,
           'overfit': {k: float(final[k]) for k in ('loss', 'accuracy') if k in final},
           'ratios': {k: float(np.mean([r[k] for r in ratios])) for k in ratios[0]},
           'range_test': test}
@@ -302,22 +318,35 @@ def _checks(exp, m: dict, history: list[dict]) -> list[Check]:
   init = m['moments']['at init']
   chance = chance_loss(task.name, splits.num_classes)
   activation = config.model.activation
-  labels = splits.train['label']
-  checks = [check_initial_loss(init['loss'], chance)] if chance else []
-  checks.append(check_output_layer(init['logits'], splits.num_classes, task))
+  labels = splits.train[task.label]
+  checks = [check_initial_loss(init['loss'], chance) if chance else skipped(
+      'initial_loss', f'no chance loss is known for the {task.name!r} task (the zoo\'s classification, '
+      'binary, multilabel and segmentation tasks have one)')]
+  if task.check and isinstance(init['logits'], np.ndarray):
+    checks.append(check_output_layer(init['logits'], splits.num_classes, task))
+  else:
+    checks.append(skipped('output_layer', 'the task is not one of the zoo\'s, so the expected outputs are '
+                                          'unknown'))
   if task.name in ('classification', 'binary', 'segmentation'):  # One class per example (or pixel).
     checks += [check_labels(labels, splits.num_classes), check_class_balance(labels, splits.num_classes)]
+  if m['probe_images'] is not None:
+    checks += [check_finite_inputs(m['probe_images']), check_input_scale(m['probe_images'])]
+  else:
+    checks += [skipped(name, 'no input key is normalized (data.normalize); nothing is checked')
+               for name in ('finite_inputs', 'input_scale')]
   checks += [
-      check_finite_inputs(m['probe_images']),
-      check_input_scale(m['probe_images']),
       check_overfit(m['overfit']['loss'], m['overfit'].get('accuracy'), chance or init['loss'],
                     config.doctor.overfit_steps, config.data.batch_size),
       check_vanishing(m['moments'], m['layers']),
       check_exploding(m['moments'], m['layers']),
   ]
-  if activation in stats.DYING and init['dead']:
+  if exp.user_model:
+    reason = ('needs the zoo\'s activation layers (model.activation) to find the units; this model is '
+              f'{config.model.name!r}')
+    checks += [skipped('dead_relu', reason), skipped('saturated_units', reason)]
+  elif activation in stats.DYING and init['dead']:
     checks.append(check_dead_units({k: v['dead'] for k, v in m['moments'].items()}))
-  if activation in stats.SATURATED and init['saturated']:
+  elif activation in stats.SATURATED and init['saturated']:
     checks.append(check_saturation({k: v['saturated'] for k, v in m['moments'].items()}))
   checks += [check_update_ratio(m['ratios']), check_learning_rate(config.optim.lr, m['range_test'])]
   if history:
@@ -326,15 +355,17 @@ def _checks(exp, m: dict, history: list[dict]) -> list[Check]:
 
 
 def verdict(checks: list[Check]) -> str:
-  statuses = {c.status for c in checks}
+  statuses = {c.status for c in checks}  # A skipped check says nothing either way.
   return 'fail' if 'fail' in statuses else 'warn' if 'warn' in statuses else 'pass'
 
 
-def doctor(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = None) -> dict:
-  """Runs every check on the configured run; writes doctor.json and plots/gradient_flow.png into `workdir`
-  (a temporary directory when None) and returns doctor.json's content. A workdir's metrics.jsonl, when it
-  has one, is read for a learning-curve diagnosis; its checkpoints are never touched."""
-  exp, normalization, workdir = experiment.prepare(config, workdir)
+def doctor(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path | None = None, *, model=None,
+           data=None, task=None) -> dict:
+  """Runs every check on the configured run (or on the `model`, `data` and `task` objects passed, as in
+  `fit`); writes doctor.json and plots/gradient_flow.png into `workdir` (a temporary directory when None)
+  and returns doctor.json's content. A workdir's metrics.jsonl, when it has one, is read for a
+  learning-curve diagnosis; its checkpoints are never touched."""
+  exp, normalization, workdir = experiment.prepare(config, workdir, model=model, data=data, task=task)
   measured = _measure(exp, normalization)
   checks = _checks(exp, measured, read_metrics(workdir))
   report = {'checks': [{k: v for k, v in dataclasses.asdict(c).items() if k != 'details' or v}
@@ -355,7 +386,7 @@ def format_report(report: dict) -> str:
     lines.append(f'{c["status"].upper():6}  {c["name"]:20}  {value:50}  {c["expected"]}')
     if c['advice']:
       lines.append(f'{"":8}-> {c["advice"]}')
-  counts = {s: sum(c['status'] == s for c in report['checks']) for s in ('pass', 'warn', 'fail')}
+  counts = {s: sum(c['status'] == s for c in report['checks']) for s in ('pass', 'warn', 'fail', 'skipped')}
   lines.append(f'verdict: {report["verdict"]} ({counts["fail"]} failed, {counts["warn"]} warnings, '
-               f'{counts["pass"]} passed)')
+               f'{counts["pass"]} passed, {counts["skipped"]} skipped)')
   return '\n'.join(lines)

@@ -1,4 +1,4 @@
-"""What a diagnostic runs on: the run's validated pieces (`loop._prepare`) and its normalization, read-only.
+"""What a diagnostic runs on: the run's validated pieces (`build.prepare`) and its normalization, read-only.
 
 Diagnostics never write a workdir's checkpoints, metrics or normalization.json: the statistics a workdir
 already holds are read (so the doctor sees the inputs training sees), otherwise computed and kept in memory.
@@ -11,19 +11,22 @@ import tempfile
 
 import ml_collections
 
-from jaxtrain import data, loop
+from jaxtrain import build, data
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None):
+def prepare(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path | None, *, model=None,
+            data=None, task=None):
   """(experiment, normalization statistics, workdir), all checked before any file is written (like `fit`);
   a None workdir becomes a temporary directory."""
   workdir = pathlib.Path(workdir) if workdir else None
-  exp = loop._prepare(config, workdir)
+  config = build.with_objects(config, model, data, task)
+  exp = build.prepare(config, workdir, model=model, data_source=data, task=task)
   stored = workdir / data.STATS_FILE if workdir else None
   if stored and stored.exists():
     normalization = json.loads(stored.read_text())
   else:
-    normalization = data.compute_stats(exp.splits.train, config.data.stats_max_examples)
+    normalization = data.compute_stats(exp.splits.train, config.data.stats_max_examples,
+                                       tuple(config.data.normalize))
   return exp, normalization, workdir or pathlib.Path(tempfile.mkdtemp(prefix='jaxtrain-'))
 
 

@@ -149,10 +149,13 @@ def parallel_test(exp, normalization: dict, step, states, min_lr: float, max_lr:
           'suggested_lr': float(lrs[np.argmin(np.where(finite, final, np.inf))])}
 
 
-def lr_find(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = None) -> dict:
-  """Runs the configured range test; writes lr_find.json and plots/lr_find.png into `workdir` (a temporary
-  directory when None) and returns lr_find.json's content."""
-  exp, normalization, workdir = experiment.prepare(config, workdir)
+def lr_find(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path | None = None, *,
+            model=None, data=None, task=None) -> dict:
+  """Runs the configured range test (on the `model`, `data` and `task` objects when passed, as in `fit`);
+  writes lr_find.json and plots/lr_find.png into `workdir` (a temporary directory when None) and returns
+  lr_find.json's content."""
+  exp, normalization, workdir = experiment.prepare(config, workdir, model=model, data=data, task=task)
+  config = exp.config
   c = config.lr_find
   step, state = trainer(exp, exp.program.model, config, c.num_parallel if c.parallel else 0)
   if c.parallel:

@@ -1,120 +1,25 @@
-"""NaN forensics: where a non-finite value first appeared, a dump of the failing step, and its replay.
-
-When a run halts on a non-finite loss, the loop still has the state from just before the bad step (the
-step froze it in-graph) and can rebuild that step's batch, so the step is re-run here to name the first
-layer (in forward order) whose output, then the first parameter whose gradient, is not finite. The state,
-the batch and the config go to `workdir/nan_dump/step_<k>/`, and
+"""NaN replay: a step dumped by the non-finite guard (callbacks/nonfinite.py), run again under
+`jax_debug_nans`, which stops at the first primitive that produced a NaN and prints the line of model code
+it came from:
 
   python -m jaxtrain.diagnostics.nan runs/x/nan_dump/step_<k>
-
-replays that one step under `jax_debug_nans`, which stops at the first primitive that produced a NaN and
-prints the line of model code it came from.
 """
 
-import dataclasses
 import json
 import pathlib
 import sys
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxtrain import checkpoint, steps
-from jaxtrain.diagnostics import stats
-
-DUMP_DIR = 'nan_dump'
-
-
-class NonFiniteError(RuntimeError):
-  """A run halted on a non-finite loss or gradient; the CLI exits 1 with its message."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Findings:
-  loss: float
-  activation: str | None  # The first module (forward order) whose output is not finite.
-  gradient: str | None  # The first parameter (forward order) whose gradient is not finite.
-
-  def describe(self) -> str:
-    parts = [f'loss={self.loss:.4g}']
-    if self.activation:
-      parts.append(f'the output of {self.activation} is the first that is not finite')
-    if self.gradient:
-      parts.append(f'the gradient of params/{self.gradient} is the first that is not finite')
-    if not self.activation and not self.gradient:
-      parts.append('the gradient norm overflowed' if np.isfinite(self.loss) else 'the loss is not finite')
-    return ', '.join(parts)
-
-
-def _first(bad: list[str], order: list[str], module_of) -> str | None:
-  """The first of `bad` in the forward order (`order`) of its module, `module_of(path)`."""
-  position = {module: i for i, module in enumerate(order)}
-  return min(bad, key=lambda path: (position.get(module_of(path), len(order)), path), default=None)
-
-
-def investigate(program, config: ml_collections.ConfigDict, image_shape, state, batch: dict) -> Findings:
-  """Re-runs the step at `state.step` on `batch` (placed) and names where non-finite values first appear."""
-  forensics = steps.make_forensics(program.model, config.optim, program.task, program.augment)
-  loss, outputs, grads = jax.device_get(forensics(state, batch))
-  order = stats.forward_order(program.model, image_shape)
-  modules = [path.removesuffix('__call__/0').rstrip('/') or 'the model' for path, ok in outputs.items()
-             if not ok]
-  # A block's output is bad because a layer inside it is: name the innermost layer.
-  modules = [m for m in modules if not any(other.startswith(m + '/') for other in modules)]
-  parameters = [path for path, ok in grads.items() if not ok]
-  return Findings(loss=float(loss), activation=_first(modules, order, lambda path: path),
-                  gradient=_first(parameters, order, lambda path: path.rsplit('/', 1)[0]))
-
-
-def dump(workdir: pathlib.Path, config: ml_collections.ConfigDict, state, batch: dict,
-         findings: Findings) -> pathlib.Path:
-  """Writes the failing step (state before it, its batch, the config, the findings); returns the folder."""
-  step = int(jax.device_get(state.step)) + 1
-  directory = workdir / DUMP_DIR / f'step_{step}'
-  directory.mkdir(parents=True, exist_ok=True)
-  np.savez(directory / 'batch.npz', **jax.device_get(batch))
-  checkpoint.save_state(directory / 'state', state)
-  (directory / 'config.json').write_text(json.dumps(config.to_dict(), indent=2) + '\n')
-  (directory / 'findings.json').write_text(json.dumps(
-      {'step': step, 'rng': np.asarray(jax.device_get(state.rng)).tolist(), **dataclasses.asdict(findings),
-       'replay': f'python -m jaxtrain.diagnostics.nan {directory}'}, indent=2) + '\n')
-  return directory
-
-
-def check(exp, state, train_data, ckpt: checkpoint.Checkpointer, workdir: pathlib.Path) -> None:
-  """Raises NonFiniteError when the run (`exp`, the loop's experiment) must halt; the loop calls it only
-  where it syncs anyway.
-
-  Under 'halt' the train step froze the state just before the bad step, so that step (its batch and its
-  dropout key) is re-run to name the first layer and parameter that went non-finite, and dumped for replay.
-  """
-  skips, done = (int(x) for x in jax.device_get((state.skips, state.step)))
-  nonfinite = exp.config.train.nonfinite
-  if skips == 0 or (nonfinite == 'skip' and skips < exp.config.train.max_consecutive_skips):
-    return
-  index = done if nonfinite == 'halt' else done - 1  # The failing step's batch index (= its state.step).
-  before = state.replace(step=jnp.int32(index))
-  batch = exp.strategy.place_batch(train_data[index])
-  findings = investigate(exp.program, exp.config, exp.splits.image_shape, before, batch)
-  dumped = (dump(workdir, exp.config, before, batch, findings) if jax.process_index() == 0
-            else workdir / DUMP_DIR)
-  saved = ckpt.steps()
-  last = f'the last good checkpoint is step {saved[-1]} in {ckpt.directory}' if saved else 'no checkpoint'
-  streak = f'{skips} non-finite steps in a row (train.max_consecutive_skips); ' if nonfinite == 'skip' else ''
-  raise NonFiniteError(
-      f'training halted at step {index + 1}: {streak}{findings.describe()}; {last}; the step is dumped in '
-      f'{dumped} (replay: python -m jaxtrain.diagnostics.nan {dumped}). Try a lower optim.lr, '
-      'optim.clip_norm=1.0, or --config.train.nonfinite=skip to drop such updates')
+from jaxtrain import build, checkpoint, steps
 
 
 def replay(directory: pathlib.Path) -> str:
   """Runs the dumped step under jax_debug_nans; returns the error JAX raises (where the NaN was made)."""
-  from jaxtrain import loop  # The loop imports this module; import it only when replaying.
-
   config = ml_collections.ConfigDict(json.loads((directory / 'config.json').read_text()))
-  exp = loop._prepare(config, None)
+  exp = build.prepare(config, None)
   state = checkpoint.load_state(directory / 'state', jax.eval_shape(exp.new_state))
   batch = dict(np.load(directory / 'batch.npz'))
   step = steps.make_train_step(exp.program.model, exp.program.optimizer, config.optim, 'skip',

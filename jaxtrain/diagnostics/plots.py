@@ -2,22 +2,25 @@
 
 import pathlib
 
-import matplotlib
+import matplotlib.figure
 
-matplotlib.use('Agg')  # Files, not windows.
-import matplotlib.pyplot as plt  # noqa: E402
+
+def _axes(figsize: tuple[float, float]):
+  """(figure, axes) outside pyplot: saved to a file, it needs no backend, and pyplot's (a notebook's inline
+  one) is left alone."""
+  fig = matplotlib.figure.Figure(figsize=figsize)
+  return fig, fig.subplots()
 
 
 def _save(fig, path: pathlib.Path) -> None:
   fig.tight_layout()
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=100)
-  plt.close(fig)
 
 
 def lr_find(result: dict, path: pathlib.Path, parallel: bool, configured_lr: float) -> None:
   """Loss against learning rate (log scale), with the suggested and the configured rate marked."""
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = _axes((6, 4))
   kept = [i for i, loss in enumerate(result['losses']) if loss is not None]  # None: that run diverged.
   lrs, losses = [result['lrs'][i] for i in kept], [result['losses'][i] for i in kept]
   if parallel:
@@ -38,7 +41,7 @@ def lr_find(result: dict, path: pathlib.Path, parallel: bool, configured_lr: flo
 
 def gradient_flow(layers: list[str], norms: dict[str, list[float]], path: pathlib.Path) -> None:
   """Gradient norm per layer (input first, log scale), one line per moment, e.g. at init and later."""
-  fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(layers)), 4))
+  fig, ax = _axes((max(6, 0.6 * len(layers)), 4))
   for label, values in norms.items():
     ax.plot(range(len(layers)), [max(v, 1e-30) for v in values], marker='o', label=label)
   ax.set_xticks(range(len(layers)), layers, rotation=45, ha='right')

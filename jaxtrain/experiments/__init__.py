@@ -1,5 +1,5 @@
 """Experiments built from whole runs: sweeps (Optuna), vmapped populations, ensembles, transfer learning.
 
-Submodules are imported where they are used: `transfer` and `snapshots` are used by the loop, while `sweep`,
-`population` and `ensemble` drive the loop, so importing them here would be circular.
+Submodules are imported where they are used: `transfer` is a building block of the run itself, `population`
+and `ensemble` are dispatched by `jaxtrain.fit`/`evaluate`, and `sweep` calls `jaxtrain.fit`.
 """

@@ -15,10 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtrain import checkpoint, data, loop
+from jaxtrain import build, checkpoint, data, evaluation
 from jaxtrain import config as config_lib
 from jaxtrain import state as state_lib
-from jaxtrain.experiments import population, snapshots, transfer
+from jaxtrain.callbacks import snapshots
+from jaxtrain.experiments import population, transfer
 
 
 def _members(config, workdir: pathlib.Path) -> list[tuple]:
@@ -38,7 +39,7 @@ def _members(config, workdir: pathlib.Path) -> list[tuple]:
 
 def _probabilities(member_config, folder, step, stats_dir) -> tuple[dict, dict]:
   """({split: (n, C) probabilities}, {split: (n,) labels}) of one member on the eval and test splits."""
-  exp = loop._prepare(member_config, None)
+  exp = build.prepare(member_config, None)
   if exp.program.task.name != 'classification':
     raise config_lib.ConfigError(f'ensembles average class probabilities; task.name='
                                  f"{exp.program.task.name!r} is not 'classification'")
@@ -51,14 +52,14 @@ def _probabilities(member_config, folder, step, stats_dir) -> tuple[dict, dict]:
   if member_config.optim.ema_decay > 0 and member_config.optim.ema_eval:
     state = state.replace(params=state.ema)
   stats = json.loads((stats_dir / data.STATS_FILE).read_text())
-  predict = jax.jit(lambda s, images: jax.nn.softmax(exp.program.model.apply(
-      state_lib.variables(s), images, train=False)))
+  predict = jax.jit(lambda s, batch: jax.nn.softmax(exp.program.model.apply(
+      state_lib.variables(s), batch, train=False)))
   probs, labels = {}, {}
   for name, split in (('eval', exp.splits.eval), ('test', exp.splits.test)):
     outs, ys = [], []
     for batch in data.iterate(data.eval_batches(split, stats, member_config.data.eval_batch_size)):
       mask = np.asarray(batch['mask'])
-      outs.append(np.asarray(predict(state, jnp.asarray(batch['image'])))[mask])
+      outs.append(np.asarray(predict(state, {k: jnp.asarray(v) for k, v in batch.items()}))[mask])
       ys.append(np.asarray(batch['label'])[mask])
     probs[name], labels[name] = np.concatenate(outs), np.concatenate(ys)
   return probs, labels
@@ -83,12 +84,12 @@ def ensemble_metrics(members: list[tuple]) -> dict:
   return metrics
 
 
-def evaluate(config, workdir: str | pathlib.Path) -> dict:
+def evaluate(config, workdir: pathlib.Path, **objects) -> dict:
   """`--mode eval`: the run's metrics (when the workdir holds a run) plus the ensemble's (when there is
-  one); a ConfigError when there is neither."""
-  workdir = pathlib.Path(workdir)
+  one); a ConfigError when there is neither. `objects`: the run's model, data_source and task objects."""
   members = _members(config, workdir)
   if not members:
-    return loop.evaluate(config, workdir)
-  own = loop.evaluate(config, workdir) if (workdir / checkpoint.CHECKPOINT_DIR).is_dir() else {}
+    return evaluation.evaluate_workdir(config, workdir, **objects)
+  own = (evaluation.evaluate_workdir(config, workdir, **objects)
+         if (workdir / checkpoint.CHECKPOINT_DIR).is_dir() else {})
   return {**own, **ensemble_metrics(members)}

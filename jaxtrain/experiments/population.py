@@ -27,11 +27,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxtrain import checkpoint, data, loop, monitor, optim, steps, tasks
+from jaxtrain import build, checkpoint, data, evaluation, history, monitor, optim, steps, tasks
 from jaxtrain import config as config_lib
 from jaxtrain import state as state_lib
+from jaxtrain.callbacks.writers import MetricWriter
 from jaxtrain.data import augment
-from jaxtrain.logging import MetricWriter, read_metrics
 
 log = logging.getLogger('jaxtrain')
 MEMBERS_DIR = 'members'
@@ -125,35 +125,36 @@ def _member(tree, i: int):
   return jax.tree.map(lambda x: x[i], tree)
 
 
-def fit_population(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = None) -> loop.Run:
+def fit_population(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = None, *,
+                   model=None, data_source=None, task=None) -> history.Run:
   """Trains the population; returns the best member's Run (summary.json lists every member)."""
-  exp = loop._prepare(config, None)
+  exp = build.prepare(config, None, model=model, data_source=data_source, task=task)
   workdir = pathlib.Path(workdir or tempfile.mkdtemp(prefix='jaxtrain-'))
-  summary_path = workdir / loop.SUMMARY_FILE
+  summary_path = workdir / history.SUMMARY_FILE
   if summary_path.exists() and 'members' in json.loads(summary_path.read_text()):
     summary = json.loads(summary_path.read_text())
     log.info('%s holds a trained population; nothing to do', workdir)
     ckpt = checkpoint.Checkpointer(workdir / checkpoint.CHECKPOINT_DIR, config.checkpoint, read_only=True)
     state = ckpt.restore(jax.eval_shape(exp.new_state)).state
     ckpt.close()
-    return loop.Run(workdir=workdir, history=read_metrics(workdir), state=state, summary=summary)
+    return history.Run(workdir=workdir, history=history.read_metrics(workdir), state=state, summary=summary)
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / loop.CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + '\n')
+  (workdir / build.CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + '\n')
   specs, size = members(config), config.population.size
   optimizer = member_optimizer(config.optim, exp.total_steps)
   ema = config.optim.ema_decay > 0
   step_fn, eval_step = _program(exp.program.model, exp.program.task, optimizer,
                                 ml_collections.FrozenConfigDict(config.optim), config.train.nonfinite,
                                 ml_collections.FrozenConfigDict(config.data), ema and config.optim.ema_eval)
-  create = functools.partial(state_lib.create, exp.program.model, optimizer.tx, exp.splits.image_shape,
-                             ema=ema)
+  create = functools.partial(state_lib.create, exp.program.model, optimizer.tx, exp.example, ema=ema)
   states = jax.jit(jax.vmap(create))(jnp.asarray([s['seed'] for s in specs]))
   held = {**states.opt_state[-1], 'lr': jnp.asarray([s['optim.lr'] for s in specs], jnp.float32),
           'weight_decay': jnp.asarray([s['optim.weight_decay'] for s in specs], jnp.float32)}
   states = states.replace(opt_state=(*states.opt_state[:-1], held))
   log.info('Population of %d: %s', size, json.dumps(specs))
 
-  stats = data.load_or_compute_stats(exp.splits.train, workdir, config.data.stats_max_examples)
+  stats = data.load_or_compute_stats(exp.splits.train, workdir, config.data.stats_max_examples,
+                                     keys=tuple(config.data.normalize))
   eval_data = data.eval_batches(exp.splits.eval, stats, config.data.eval_batch_size)
   batches = data.iterate(data.train_batches(exp.splits.train, stats, config.data.batch_size, config.seed))
   eval_every = config.train.eval_every_steps or exp.steps_per_epoch
@@ -161,7 +162,8 @@ def fit_population(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
                            config.early_stopping.min_delta) for _ in specs]
   active = np.ones(size, bool)
   stopped_at = [None] * size
-  writer = MetricWriter(workdir, exp.total_steps, 0, config.train.progress_bar, read_metrics(workdir))
+  writer = MetricWriter.default(workdir, exp.total_steps, 0, config.train.progress_bar,
+                                history.read_metrics(workdir))
   started, pending = time.time(), []
   try:
     for step, batch in zip(range(1, exp.total_steps + 1), batches, strict=False):
@@ -196,12 +198,12 @@ def fit_population(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
 
 
 def _finish(exp, config, workdir: pathlib.Path, specs: list[dict], states, stats: dict, stopped_at: list,
-            wall_s: float) -> loop.Run:
+            wall_s: float) -> history.Run:
   """Each member's final metrics and workdir; the best also as this workdir's checkpoint; summary.json."""
   results, singles = [], []
   for i, spec in enumerate(specs):
     single = _single(_member(states, i), exp.program.optimizer)
-    final = loop._final_metrics(exp, exp.program.eval_step, single, stats, None)
+    final = evaluation.final_metrics(exp, single, stats)
     results.append({**spec, 'stopped_at': stopped_at[i], 'final': final})
     singles.append(single)
     own = member_config(config, spec)
@@ -215,8 +217,9 @@ def _finish(exp, config, workdir: pathlib.Path, specs: list[dict], states, stats
             keep_config=config)
   summary = {'steps': int(jax.device_get(states.step).max()), 'wall_s': wall_s, 'best_member': best,
              'members': results, 'final': results[best]['final']}
-  (workdir / loop.SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + '\n')
-  return loop.Run(workdir=workdir, history=read_metrics(workdir), state=singles[best], summary=summary)
+  (workdir / history.SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + '\n')
+  return history.Run(workdir=workdir, history=history.read_metrics(workdir), state=singles[best],
+                     summary=summary)
 
 
 def _single(member, optimizer: optim.Optimizer):
@@ -230,9 +233,9 @@ def _save_run(workdir: pathlib.Path, config, state, stats: dict, final: dict, ke
   member); `keep_config` is written instead of `config` (the population's own workdir)."""
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / data.STATS_FILE).write_text(json.dumps(stats, indent=2))
-  (workdir / loop.CONFIG_FILE).write_text(json.dumps((keep_config or config).to_dict(), indent=2) + '\n')
+  (workdir / build.CONFIG_FILE).write_text(json.dumps((keep_config or config).to_dict(), indent=2) + '\n')
   if keep_config is None:
-    (workdir / loop.SUMMARY_FILE).write_text(json.dumps({'steps': int(state.step), 'final': final}) + '\n')
+    (workdir / history.SUMMARY_FILE).write_text(json.dumps({'steps': int(state.step), 'final': final}) + '\n')
   ckpt = checkpoint.Checkpointer(workdir / checkpoint.CHECKPOINT_DIR, config.checkpoint)
   try:
     step = int(state.step)

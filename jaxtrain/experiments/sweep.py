@@ -1,7 +1,7 @@
 """Hyperparameter sweeps (note 003: coarse grid or random search, then refine), backed by Optuna.
 
 `sweep.space` is a tuple of 'key=spec' strings over config keys; a spec is one of SPECS. Every trial is a
-normal run (`loop.fit`) in workdir/trials/<n>/, so any trial can be inspected, evaluated or resumed like
+normal run (`jaxtrain.fit`) in workdir/trials/<n>/, so any trial can be inspected, evaluated or resumed like
 any run. With a pruner, each evaluation of `sweep.metric` is reported to Optuna and a trial that falls
 behind stops (`Pruned`). Processes that use the same storage URL and study name share one study, so a sweep
 is spread over machines by starting the same command several times.
@@ -18,14 +18,9 @@ import pathlib
 import re
 import time
 
-import matplotlib
-
+from jaxtrain import api, engine
 from jaxtrain import config as config_lib
-from jaxtrain import loop
-from jaxtrain.diagnostics.nan import NonFiniteError
-
-matplotlib.use('Agg')  # Files, not windows.
-import matplotlib.pyplot as plt  # noqa: E402
+from jaxtrain.callbacks.nonfinite import NonFiniteError
 
 log = logging.getLogger('jaxtrain')
 
@@ -37,7 +32,7 @@ CSV_FILE, PLOT_FILE, LOCK_FILE = 'sweep.csv', 'plots/sweep.png', 'sweep.lock'
 
 
 class Pruned(Exception):  # noqa: N818 - a decision, not an error.
-  """Raised from fit's `on_eval` when the pruner stops a trial; the sweep records the trial as pruned."""
+  """Raised from a trial's `on_eval` when the pruner stops it; the sweep records the trial as pruned."""
 
 
 def _optuna():
@@ -154,7 +149,21 @@ def _study(config, workdir: pathlib.Path, space: dict):
                              direction='maximize' if c.mode == 'max' else 'minimize', load_if_exists=True)
 
 
-def sweep(config, workdir: str | pathlib.Path) -> dict:
+class _ReportToPruner(engine.Callback):
+  """Reports each evaluation of the sweep's metric to the trial; raises Pruned when the pruner says so."""
+
+  def __init__(self, trial, metric: str):
+    self.trial, self.metric = trial, metric
+
+  def on_eval(self, trainer, step: int, record: dict) -> None:
+    if self.metric in record:
+      self.trial.report(record[self.metric], step)
+      if self.trial.should_prune():
+        raise Pruned(f'trial {self.trial.number} pruned at step {step}: {self.metric}='
+                     f'{record[self.metric]:.4g}')
+
+
+def sweep(config, workdir: str | pathlib.Path, *, model=None, data=None, task=None) -> dict:
   """Runs trials of `config.sweep` until the study holds `sweep.num_trials` finished trials (the grid's size
   by default); writes sweep.csv and plots/sweep.png and returns {'best': {...}, 'trials': [...]}."""
   workdir = pathlib.Path(workdir)
@@ -171,15 +180,10 @@ def sweep(config, workdir: str | pathlib.Path) -> dict:
     trial_config = copy.deepcopy(config)
     config_lib.override(trial_config, point)
 
-    def report(step, record):
-      if metric in record:
-        trial.report(record[metric], step)
-        if trial.should_prune():
-          raise Pruned(f'trial {trial.number} pruned at step {step}: {metric}={record[metric]:.4g}')
-
     log.info('Trial %d: %s', trial.number, json.dumps(point))
     try:
-      run = loop.fit(trial_config, workdir / 'trials' / str(trial.number), on_eval=report)
+      run = api.fit(trial_config, workdir / 'trials' / str(trial.number), model=model, data=data, task=task,
+                    callbacks=[_ReportToPruner(trial, metric)])
     except Pruned as e:
       log.info('%s', e)
       raise optuna.TrialPruned(str(e)) from None
@@ -235,6 +239,8 @@ def _last(values: dict):
 
 def _plot(rows: list[dict], space: dict, metric: str, path: pathlib.Path) -> None:
   """The metric against each hyperparameter; pruned trials in grey at their last reported value."""
+  import matplotlib.pyplot as plt  # noqa: PLC0415 - only the sweep's plot needs matplotlib.
+
   path.parent.mkdir(parents=True, exist_ok=True)
   fig, axes = plt.subplots(1, len(space), figsize=(4 * len(space), 3.2), squeeze=False)
   for ax, (key, (kind, _)) in zip(axes[0], space.items(), strict=True):

@@ -1,5 +1,5 @@
 """Snapshot ensembles (note 003): with the `sgdr` schedule, the state at the end of each cosine cycle (a
-low-LR point of a different basin) is kept in workdir/snapshots/ and averaged at eval.
+low-LR point of a different basin) is kept in workdir/snapshots/ and averaged at eval (experiments/ensemble.py).
 
 Snapshots have their own checkpoint folder whose retention keeps every cycle, so the run's `checkpoint.keep`
 and best-k retention never delete one.
@@ -11,6 +11,7 @@ import pathlib
 import ml_collections
 
 from jaxtrain import checkpoint, data
+from jaxtrain.engine import Callback
 
 SNAPSHOT_DIR = 'snapshots'
 
@@ -22,7 +23,7 @@ def cycle_ends(optim_config, total_steps: int) -> set[int]:
   return {min(total_steps, warmup + k * length) for k in range(1, optim_config.cycles + 1)}
 
 
-class Snapshots:
+class Snapshots(Callback):
   """Saves the train state at each cycle end to workdir/snapshots/<step>/, keeping all of them."""
 
   def __init__(self, workdir: pathlib.Path, config, total_steps: int):
@@ -32,9 +33,9 @@ class Snapshots:
                                           'mode': config.checkpoint.mode})
     self._ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / SNAPSHOT_DIR, keep_all)
 
-  def maybe_save(self, step: int, state, meta: dict) -> None:
+  def on_step(self, trainer, step: int) -> None:
     if step in self.ends:
-      self._ckpt.save(step, state, data.stream_state(step), meta)
+      self._ckpt.save(step, trainer.state, data.stream_state(step), trainer.meta)
 
   def close(self) -> None:
     self._ckpt.close()

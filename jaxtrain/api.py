@@ -1,0 +1,165 @@
+"""fit() and evaluate(): a run built from its config and the objects passed in, trained by the engine.
+
+    run = jaxtrain.fit(config, workdir, model=MyNet(...), data=jaxtrain.data.Arrays(train=..., eval=...),
+                       task=jaxtrain.Task(loss=my_loss), callbacks=[MyCallback()])
+
+An object passed replaces what the config would build by name; the config still governs the optimizer,
+durations, checkpoints and parallelism. Everything is checked (build.prepare) before the workdir is touched.
+A population (`population.size > 1`) and an ensemble (`ensemble.members`, a population's members, a run's
+snapshots) are dispatched here exactly as the CLI does.
+"""
+
+import json
+import logging
+import pathlib
+import tempfile
+import time
+
+import jax
+import ml_collections
+
+from jaxtrain import build, checkpoint, data, engine, evaluation, history, parallel
+from jaxtrain import config as config_lib
+from jaxtrain import state as state_lib
+from jaxtrain.callbacks import (
+    best_checkpoint,
+    early_stopping,
+    layer_stats,
+    nonfinite,
+    plateau,
+    preemption,
+    snapshots,
+    writers,
+)
+from jaxtrain.experiments import ensemble, population, transfer
+
+log = logging.getLogger('jaxtrain')
+
+
+def fit(config: ml_collections.ConfigDict | None = None, workdir: str | pathlib.Path | None = None, *,
+        model=None, data=None, task=None, callbacks=()) -> history.Run:
+  """Trains the configured run in `workdir` (a temporary directory when None), resuming from its newest
+  readable checkpoint (or `checkpoint.restore_from`) when there is one; a fresh run starts from
+  `init_from`'s matching weights when set. `config=None` means the defaults.
+
+  `model`: a flax.linen or flax.nnx Module; `data`: a `jaxtrain.data.Arrays`; `task`: a `jaxtrain.Task`;
+  `callbacks`: `jaxtrain.Callback`s. SIGTERM or SIGINT finishes the current step, saves and raises
+  checkpoint.Preempted; a non-finite loss raises NonFiniteError under train.nonfinite='halt'. With early
+  stopping the returned state is the best.
+  """
+  config = build.with_objects(config, model, data, task)
+  if config.population.size > 1:
+    return population.fit_population(config, workdir, model=model, data_source=data, task=task)
+  workdir = pathlib.Path(workdir) if workdir else None
+  if jax.process_index() == 0 and jax.process_count() > 1:
+    build.prepare(config, None, model=model, data_source=data, task=task)  # Prepares data files once.
+  parallel.barrier('jaxtrain:data')
+  exp = build.prepare(config, workdir, model=model, data_source=data, task=task)
+  parallel.barrier('jaxtrain:prepared')  # Every process has seen the workdir as it was before the run.
+  workdir = workdir or pathlib.Path(tempfile.mkdtemp(prefix='jaxtrain-'))
+  workdir.mkdir(parents=True, exist_ok=True)
+  ckpt = checkpoint.Checkpointer(workdir / checkpoint.CHECKPOINT_DIR, config.checkpoint)
+  try:
+    abstract_state = jax.eval_shape(exp.new_state)
+    restored = ckpt.restore(abstract_state)
+    if restored is None and config.checkpoint.restore_from:
+      source = build.read_only(checkpoint.checkpoint_dir(config.checkpoint.restore_from), config)
+      restored = source.restore(abstract_state)
+      source.close()
+      if restored is None:
+        raise config_lib.ConfigError(
+            f'no readable checkpoint in checkpoint.restore_from={config.checkpoint.restore_from!r}')
+    return _train(exp, workdir, ckpt, restored, abstract_state, list(callbacks))
+  finally:
+    ckpt.close()
+
+
+def _finished(workdir: pathlib.Path, start: int, total: int) -> dict | None:
+  """summary.json's content when the run in `workdir` is done at `start` (trained through, or stopped)."""
+  path = workdir / history.SUMMARY_FILE
+  if not path.exists():
+    return None
+  summary = json.loads(path.read_text())
+  if summary.get('steps') == start and (start >= total or summary.get('stop_reason')):
+    return summary
+  return None
+
+
+def _train(exp: build.Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkpointer,
+           restored: checkpoint.Restored | None, abstract_state, user_callbacks: list) -> history.Run:
+  config = exp.config
+  state = restored.state if restored else _initial_state(exp)
+  start = restored.step if restored else 0
+  if restored:
+    log.info('Resuming from step %d in %s', start, workdir)
+  log.info('Model %s with %d parameters', config.model.name, state_lib.num_params(state.params))
+  past = history.read_metrics(workdir)
+  summary = _finished(workdir, start, exp.total_steps)
+  if summary:
+    log.info('%s is already trained to step %d; nothing to do', workdir, start)
+    if summary.get('stopped_early') and summary.get('best_step') in ckpt.steps():
+      state = ckpt.restore(abstract_state, summary['best_step']).state
+    return history.Run(workdir=workdir, history=past, state=state, summary=summary)
+  primary = jax.process_index() == 0
+  if primary:
+    (workdir / build.CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + '\n')
+  stats = data.load_or_compute_stats(exp.splits.train, workdir, config.data.stats_max_examples, primary,
+                                     tuple(config.data.normalize))
+  trainer = engine.Trainer(exp, workdir, state, start, ckpt, stats, past)
+  writer = writers.MetricWriter.default(workdir, exp.total_steps, start, config.train.progress_bar, past,
+                                        primary)
+  best = best_checkpoint.BestCheckpoint(config.checkpoint)
+  stopper = early_stopping.EarlyStopping(config.early_stopping) if config.early_stopping.patience else None
+  callbacks = engine.Callbacks([
+      nonfinite.NonFiniteGuard(), writers.WriteMetrics(writer), layer_stats.LayerStats(writer),
+      plateau.Plateau(exp.program.optimizer), best, *([stopper] if stopper else []),
+      *([snapshots.Snapshots(workdir, config, exp.total_steps)] if config.checkpoint.snapshots else []),
+      *user_callbacks, preemption.Preemption()])
+  started = time.time()
+  try:
+    engine.run(trainer, callbacks, restored.data if restored else data.stream_state(0))
+    steps_done = int(jax.device_get(trainer.state.step))
+    state, last_eval = trainer.state, trainer.evaluation
+    if stopper and stopper.stopped and best.best.step != steps_done:
+      ckpt.wait()
+      state, last_eval = ckpt.restore(abstract_state, best.best.step).state, None
+    final = evaluation.final_metrics(exp, state, stats, last_eval)
+    writer.write({'step': steps_done, 'epoch': steps_done / exp.steps_per_epoch,
+                  **{k: v for k, v in final.items() if k.startswith('test/')}})
+  finally:
+    writer.close()
+    callbacks.close()
+  records = history.read_metrics(workdir)
+  summary = {'steps': steps_done, 'wall_s': time.time() - started, 'best_step': best.best.step,
+             'best': best.best.record, 'final': final, 'diagnosis': evaluation.diagnose(records)}
+  if trainer.stop_reason:
+    summary['stop_reason'] = trainer.stop_reason
+  if stopper and stopper.stopped:
+    summary['stopped_early'] = True
+  if primary:
+    (workdir / history.SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + '\n')
+  run = history.Run(workdir=workdir, history=records, state=state, summary=summary)
+  callbacks.on_fit_end(trainer, run)
+  return run
+
+
+def _initial_state(exp: build.Experiment):
+  """A fresh state; with `init_from`, its parameters and BatchNorm statistics where path and shape match."""
+  state = exp.new_state()
+  if not exp.config.init_from:
+    return state
+  source_config = transfer.source_config(exp.config.init_from)
+  source = build.read_only(checkpoint.checkpoint_dir(exp.config.init_from), source_config)
+  restored = source.restore(jax.eval_shape(build.prepare(source_config, None).new_state))
+  source.close()
+  if restored is None:
+    raise config_lib.ConfigError(f'no readable checkpoint in init_from={exp.config.init_from!r}')
+  return transfer.initialize(state, restored.state, exp.config.init_from)
+
+
+def evaluate(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path, *, model=None, data=None,
+             task=None) -> dict:
+  """Eval- and test-split metrics of the newest checkpoint in `workdir`, plus the ensemble's when the
+  config names members (or the workdir holds a population or snapshots); writes nothing."""
+  config = build.with_objects(config, model, data, task)
+  return ensemble.evaluate(config, pathlib.Path(workdir), model=model, data_source=data, task=task)

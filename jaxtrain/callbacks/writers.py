@@ -1,0 +1,132 @@
+"""Where records go: one writer interface (`write(record)`, `close()`), as CLU's MetricWriter, with
+metrics.jsonl (appended, never rewritten), TensorBoard and the progress bar as interchangeable sinks, and
+`WriteMetrics`, the callback that sends every log and eval record to them."""
+
+import json
+import pathlib
+import sys
+
+import tqdm.auto
+
+from jaxtrain.engine import Callback
+from jaxtrain.history import METRICS_FILE
+
+
+def _kind(record: dict) -> tuple:
+  """What a record logs ('train', 'eval', 'test'...), so one step's train and eval records stay apart."""
+  return (record['step'], tuple(sorted({key.split('/')[0] for key in record if '/' in key})))
+
+
+def _drop_partial_line(path: pathlib.Path) -> None:
+  """A process killed mid-write leaves half a line; cut it so the next record starts on its own line."""
+  if not path.exists() or path.stat().st_size == 0:
+    return
+  text = path.read_bytes()
+  if not text.endswith(b'\n'):
+    with path.open('r+b') as f:
+      f.truncate(text.rfind(b'\n') + 1)
+
+
+class JsonlWriter:
+  """metrics.jsonl: one JSON object per record, flushed as written."""
+
+  def __init__(self, workdir: pathlib.Path):
+    _drop_partial_line(workdir / METRICS_FILE)
+    self._file = (workdir / METRICS_FILE).open('a')
+
+  def write(self, record: dict) -> None:
+    self._file.write(json.dumps(record) + '\n')
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
+
+
+class TensorBoardWriter:
+  """Every numeric entry as a scalar at the record's step: `tensorboard --logdir runs`."""
+
+  def __init__(self, workdir: pathlib.Path):
+    from tensorboardX import SummaryWriter  # noqa: PLC0415 - imports protobuf; only a run that writes needs it.
+
+    self._tb = SummaryWriter(str(workdir / 'tb'))
+
+  def write(self, record: dict) -> None:
+    for key, value in record.items():
+      if key not in ('step', 'epoch') and isinstance(value, (int, float)):
+        self._tb.add_scalar(key, value, record['step'])
+
+  def close(self) -> None:
+    self._tb.close()
+
+
+class ProgressBar:
+  """A tqdm bar with ETA, loss and steps/s; shown only in a terminal or a notebook."""
+
+  def __init__(self, total_steps: int, initial_step: int, show: bool):
+    show = show and (sys.stdout.isatty() or 'ipykernel' in sys.modules)
+    self._bar = tqdm.auto.tqdm(total=total_steps, initial=initial_step, unit='step', dynamic_ncols=True,
+                               disable=not show)
+
+  def write(self, record: dict) -> None:
+    shown = {k.split('/')[-1] if k.startswith('train/') else k: f'{v:.4g}'
+             for k, v in record.items() if k in ('train/loss', 'train/steps_per_sec', 'eval/accuracy')}
+    if shown:
+      self._bar.set_postfix(shown, refresh=False)
+
+  def advance(self, steps: int) -> None:
+    self._bar.update(steps)
+
+  def close(self) -> None:
+    self._bar.close()
+
+
+class MetricWriter:
+  """Writes each record `{'step', 'epoch', 'train/loss', ...}` to every writer at once.
+
+  A resumed run replays the steps after its checkpoint bit-identically, so records already in `logged`
+  (the history read from metrics.jsonl) are not written again: the file gets no duplicated steps. Of
+  several processes only the first writes (`primary`; the others' records are equal).
+  """
+
+  def __init__(self, writers: list, logged: list[dict] = (), primary: bool = True):
+    self.writers = writers if primary else []
+    self._logged = {_kind(record) for record in logged}
+
+  @classmethod
+  def default(cls, workdir: pathlib.Path, total_steps: int, initial_step: int, progress_bar: bool,
+              logged: list[dict] = (), primary: bool = True, extra: list = ()) -> 'MetricWriter':
+    """metrics.jsonl, TensorBoard, the progress bar and any `extra` writers."""
+    writers = [JsonlWriter(workdir), TensorBoardWriter(workdir),
+               ProgressBar(total_steps, initial_step, progress_bar), *extra] if primary else []
+    return cls(writers, logged, primary)
+
+  def write(self, record: dict) -> None:
+    if _kind(record) in self._logged:
+      return
+    for writer in self.writers:
+      writer.write(record)
+
+  def advance(self, steps: int) -> None:
+    for writer in self.writers:
+      if hasattr(writer, 'advance'):
+        writer.advance(steps)
+
+  def close(self) -> None:
+    for writer in self.writers:
+      writer.close()
+
+
+class WriteMetrics(Callback):
+  """Sends every log and eval record to the writers, and moves the progress bar each step."""
+
+  def __init__(self, writer: MetricWriter):
+    self.writer = writer
+
+  def on_step(self, trainer, step: int) -> None:
+    self.writer.advance(1)
+
+  def on_log(self, trainer, step: int, record: dict) -> None:
+    self.writer.write(record)
+
+  def on_eval(self, trainer, step: int, record: dict) -> None:
+    self.writer.write(record)

@@ -1,0 +1,63 @@
+"""Evaluation over whole splits (the task's metric sums per padded batch, added on the device, one fetch),
+of a finished workdir, and the learning-curve diagnosis of its history."""
+
+import json
+import logging
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jaxtrain import build, checkpoint, data, history, tasks
+from jaxtrain.config import ConfigError
+from jaxtrain.diagnostics import curves
+
+log = logging.getLogger('jaxtrain')
+
+
+def split_metrics(exp, state, stats: dict, split: str, prefix: str | None = None) -> dict:
+  """`{prefix/name: mean}` of the task's metrics over every example of `exp.splits.<split>` (padding masked
+  out); sums stay on the device until one fetch at the end."""
+  batches = data.eval_batches(getattr(exp.splits, split), stats, exp.config.data.eval_batch_size,
+                              exp.strategy.process_shard)
+  totals = None
+  for batch in data.iterate(batches):
+    sums = exp.program.eval_step(state, exp.strategy.place_batch(batch))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  return {f'{prefix or split}/{key}': value for key, value in tasks.summarize(jax.device_get(totals)).items()}
+
+
+def final_metrics(exp, state, stats: dict, evaluation: dict | None = None) -> dict:
+  """Eval-split and test-split metrics of `state` (the test split is evaluated only here). `evaluation` is
+  the eval split's metrics of `state` when the loop has just computed them."""
+  final = {k: v for k, v in (evaluation or split_metrics(exp, state, stats, 'eval')).items()
+           if k.startswith('eval/')}
+  if exp.splits.eval_name == 'test':
+    return {**final, **{k.replace('eval/', 'test/'): v for k, v in final.items()}}
+  return {**final, **split_metrics(exp, state, stats, 'test')}
+
+
+def diagnose(history: list[dict]) -> list[dict]:
+  """The learning-curve diagnosis (overfitting, plateau, ...) of a run's history, logged as it is made."""
+  findings = curves.diagnose(history)
+  for finding in findings:
+    log.info('Learning curves: %s (%s); %s', finding['name'], finding['evidence'], finding['advice'])
+  return findings
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, model=None,
+                     data_source=None, task=None) -> dict:
+  """Eval- and test-split metrics of the newest checkpoint in `workdir`; writes nothing."""
+  exp = build.prepare(config, workdir, model=model, data_source=data_source, task=task)
+  stats_path = workdir / data.STATS_FILE
+  if not (workdir / checkpoint.CHECKPOINT_DIR).is_dir() or not stats_path.exists():
+    raise ConfigError(f'no trained run in {str(workdir)!r}; train it first with --mode train')
+  ckpt = build.read_only(workdir / checkpoint.CHECKPOINT_DIR, config)
+  restored = ckpt.restore(jax.eval_shape(exp.new_state))
+  ckpt.close()
+  if restored is None:
+    raise ConfigError(f'no readable checkpoint in {str(ckpt.directory)!r}; train first')
+  metrics = final_metrics(exp, restored.state, json.loads(stats_path.read_text()))
+  return {'step': int(jax.device_get(restored.state.step)), **metrics,
+          'diagnosis': diagnose(history.read_metrics(workdir))}

@@ -1,0 +1,73 @@
+"""A run's history: metrics.jsonl read back (written by callbacks/writers.py) and its curves as a figure."""
+
+import dataclasses
+import json
+import math
+import pathlib
+from typing import Any
+
+METRICS_FILE = 'metrics.jsonl'
+SUMMARY_FILE = 'summary.json'
+
+
+@dataclasses.dataclass
+class Run:
+  """What `fit` returns: the metrics history, the final state and summary.json's content."""
+
+  workdir: pathlib.Path
+  history: list[dict]
+  state: Any
+  summary: dict
+
+  def plot(self, path: str | pathlib.Path | None = None):
+    """Loss and accuracy curves (train vs eval), saved to workdir/plots/curves.png; shows in notebooks."""
+    return plot_history(self.history, pathlib.Path(path or self.workdir / 'plots' / 'curves.png'))
+
+  def __repr__(self) -> str:
+    final = ', '.join(f'{k}={v:.4g}' for k, v in self.summary.get('final', {}).items())
+    return f'Run({str(self.workdir)!r}, steps={self.summary.get("steps")}, {final})'
+
+
+def read_metrics(workdir: pathlib.Path) -> list[dict]:
+  path = workdir / METRICS_FILE
+  if not path.exists():
+    return []
+  records = []
+  for line in path.read_text().splitlines():
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:  # Half a line from a killed process; MetricWriter cuts it.
+      continue
+  return records
+
+
+def _series(history: list[dict], key: str):
+  points = [(r['step'], r[key]) for r in history if key in r and math.isfinite(r[key])]
+  return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_history(history: list[dict], path: pathlib.Path | None = None):
+  """Loss and accuracy curves, train vs eval; saved to `path` when given. Returns the figure.
+
+  pyplot is imported here, not at import time, and its backend is left as it is: matplotlib picks a
+  headless one itself where there is no display, and a notebook keeps its inline one.
+  """
+  import matplotlib.pyplot as plt  # noqa: PLC0415 - matplotlib costs ~0.5 s to import; only plots need it.
+
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+  for ax, metric in zip(axes, ('loss', 'accuracy'), strict=True):
+    for split in ('train', 'eval'):
+      steps, values = _series(history, f'{split}/{metric}')
+      if steps:
+        ax.plot(steps, values, label=split, marker='o' if split == 'eval' else None, markersize=3)
+    ax.set_xlabel('step')
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  axes[0].set_yscale('log')
+  fig.tight_layout()
+  if path is not None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return fig

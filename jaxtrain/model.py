@@ -1,0 +1,179 @@
+"""The adapter every model goes through: a Flax Linen or NNX module as pure functions of variables.
+
+The steps are written once against Linen's calling convention, `init(rng, batch) -> variables` and
+`apply(variables, batch, train=, rngs=, mutable=, capture_intermediates=)`, where `variables` is
+`{'params': ..., 'batch_stats': ...}` of plain nested dicts. `Model` gives that convention to any module:
+
+* the batch keys named by `model.inputs` (default `('image',)`) are passed positionally;
+* `train=` (or `deterministic=not train`) is passed when the module's `__call__` takes it; an NNX module
+  without either is switched with its own `.train()` / `.eval()`;
+* an NNX module is split into its `nnx.Param`s ('params') and its other variables, e.g. `BatchStat`
+  ('batch_stats'), and merged again inside the pure step (`nnx.split` / `nnx.merge`), so its state is one
+  pytree that jit, shardings and orbax handle like Linen's. Its `nnx.Rngs` streams are re-keyed from the
+  step's key, so dropout is a function of (seed, step) as for Linen and a resumed run draws the same masks.
+
+An NNX module arrives initialized: its own `nnx.Rngs` seed decides its initial weights (there is no generic
+way to re-run its constructor), while `seed` still decides dropout and the data order.
+"""
+
+import dataclasses
+import inspect
+from typing import Any
+
+import flax.linen as nn
+import jax
+from flax import nnx
+
+from jaxtrain.config import ConfigError
+
+DEFAULT_INPUTS = ('image',)
+
+
+def _mode_keyword(call) -> str | None:
+  """'train' or 'deterministic' when the module's __call__ takes that keyword, else None."""
+  try:
+    parameters = inspect.signature(call).parameters
+  except (TypeError, ValueError):
+    return None
+  return next((name for name in ('train', 'deterministic') if name in parameters), None)
+
+
+def _mode(keyword: str | None, train: bool) -> dict:
+  if keyword == 'train':
+    return {'train': train}
+  if keyword == 'deterministic':
+    return {'deterministic': not train}
+  return {}
+
+
+def _key(entry) -> str:
+  return str(getattr(entry, 'key', getattr(entry, 'idx', entry)))
+
+
+def _plain(state: nnx.State) -> dict:
+  """An nnx.State as nested dicts with string keys (list indices become '0', '1', ...) and array leaves."""
+  tree = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    keys = [_key(entry) for entry in path if not isinstance(entry, jax.tree_util.GetAttrKey)]
+    node = tree
+    for key in keys[:-1]:
+      node = node.setdefault(key, {})
+    node[keys[-1]] = leaf
+  return tree
+
+
+def _state(template: nnx.State, tree: dict) -> nnx.State:
+  """The inverse of `_plain`: `tree`'s leaves placed into the structure of `template`."""
+  paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+  leaves = []
+  for path, _ in paths:
+    node = tree
+    for entry in path:
+      if not isinstance(entry, jax.tree_util.GetAttrKey):
+        node = node[_key(entry)]
+    leaves.append(node)
+  return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+  """A module with the calling convention of the steps. Compared by identity: two adapters of equal-looking
+  modules from a re-run notebook cell are different programs (the compiled-program cache relies on it)."""
+
+  module: Any
+  inputs: tuple[str, ...] = DEFAULT_INPUTS
+
+  @property
+  def is_nnx(self) -> bool:
+    return isinstance(self.module, nnx.Module)
+
+  @property
+  def name(self) -> str:
+    return type(self.module).__name__
+
+  def _args(self, batch: dict) -> list:
+    return [batch[key] for key in self.inputs]
+
+  # Linen ---------------------------------------------------------------------------------------------
+
+  def init(self, rng, batch: dict) -> dict:
+    if not self.is_nnx:
+      keyword = _mode_keyword(type(self.module).__call__)
+      variables = self.module.init({'params': rng, 'dropout': rng}, *self._args(batch),
+                                   **_mode(keyword, False))
+      return {key: value for key, value in variables.items() if key in ('params', 'batch_stats')}
+    del rng  # The module is already initialized (see the module docstring).
+    _, params, _, rest = nnx.split(self.module, nnx.Param, nnx.RngState, ...)
+    return {'params': _plain(params), 'batch_stats': _plain(rest)}
+
+  def apply(self, variables: dict, batch: dict, *, train: bool, rngs: dict | None = None,
+            mutable=False, capture_intermediates=False):
+    """The outputs, and with `mutable` also the updated {'batch_stats', 'intermediates'} as Linen gives."""
+    if not self.is_nnx:
+      keyword = _mode_keyword(type(self.module).__call__)
+      variables = {key: value for key, value in variables.items() if value or key == 'params'}
+      return self.module.apply(variables, *self._args(batch), **_mode(keyword, train), rngs=rngs,
+                               mutable=mutable, capture_intermediates=capture_intermediates)
+    graphdef, params, rng_state, rest = nnx.split(self.module, nnx.Param, nnx.RngState, ...)
+    if rngs and 'dropout' in rngs:
+      rng_state = _rekeyed(rng_state, rngs['dropout'])
+    module = nnx.merge(graphdef, _state(params, variables['params']), rng_state,
+                       _state(rest, variables.get('batch_stats') or {}))
+    keyword = _mode_keyword(type(module).__call__)
+    if keyword is None:
+      module.train() if train else module.eval()
+    outputs = module(*self._args(batch), **_mode(keyword, train))
+    if not mutable:
+      return outputs
+    _, _, _, updated = nnx.split(module, nnx.Param, nnx.RngState, ...)
+    return outputs, {'batch_stats': _plain(updated), 'intermediates': {}}
+
+  def forward_order(self, batch: dict) -> list[str]:
+    """Module paths in the order the forward pass calls them (input first), traced without computing.
+
+    Pytrees sort dict keys ('Block_10' < 'Block_2'), so "early vs late layers" needs the call order. For
+    NNX, the parameters' order (attribute definition order, which is usually the forward order).
+    """
+    if self.is_nnx:
+      order = []
+      for path, _ in jax.tree_util.tree_flatten_with_path(self.init(None, batch)['params'])[0]:
+        module = '/'.join(_key(entry) for entry in path[:-1])
+        if module not in order:
+          order.append(module)
+      return order
+    order = []
+
+    def record(call, args, kwargs, context):
+      path = '/'.join(context.module.path)
+      if context.method_name == '__call__' and path not in order:
+        order.append(path)
+      return call(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+      jax.eval_shape(lambda: self.init(jax.random.PRNGKey(0), batch))
+    return order
+
+
+def _rekeyed(rng_state: nnx.State, key) -> nnx.State:
+  """Every RNG stream's key replaced by one drawn from `key` (its counter reset), in a fixed order."""
+  paths, treedef = jax.tree_util.tree_flatten_with_path(rng_state)
+  leaves = []
+  for index, (path, leaf) in enumerate(paths):
+    names = [_key(entry) for entry in path if not isinstance(entry, jax.tree_util.GetAttrKey)]
+    if names[-1] == 'key':
+      new = jax.random.fold_in(key, index)
+      typed = jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+      leaves.append(jax.random.wrap_key_data(new) if typed else new)
+    else:
+      leaves.append(jax.numpy.zeros_like(leaf))
+  return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def wrap(module, inputs=DEFAULT_INPUTS, key: str = 'model') -> Model:
+  """A Model for `module` (a Model is returned as it is); a ConfigError for anything else."""
+  if isinstance(module, Model):
+    return module
+  if not isinstance(module, (nn.Module, nnx.Module)):
+    raise ConfigError(f'{key} is a {type(module).__name__}, not a flax.linen.Module or flax.nnx.Module; '
+                      'pass a Flax module')
+  return Model(module, tuple(inputs))

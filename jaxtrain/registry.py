@@ -1,0 +1,132 @@
+"""Names -> objects: the one place a config's `model.name`, `task.name` or `data.name` becomes an object.
+
+A name is a zoo entry ('cnn', 'classification', 'digits', 'tfds:mnist') or an import path
+'package.module:attribute' to a user's object:
+
+* `model.name='my_pkg.nets:TinyNet'`: a Flax Linen or NNX Module class (or a function returning a module),
+  called with `model.kwargs`; an NNX class that takes `rngs` also gets `nnx.Rngs(seed)`. A module instance
+  is used as it is.
+* `task.name='my_pkg.losses:focal'`: a `jaxtrain.Task`, or a loss function `(outputs, batch) -> per-example`.
+* `data.name='my_pkg.data:load'`: a function returning a data object (`jaxtrain.data.Arrays`), or one.
+
+An object passed to `fit(model=, data=, task=)` replaces the name. Every mistake is a ConfigError naming the
+key (module not found, attribute missing, not a Module, a call that fails), so nothing is written.
+"""
+
+import importlib
+import inspect
+
+import flax.linen as nn
+from flax import nnx
+
+from jaxtrain import models, tasks
+from jaxtrain.config import ConfigError
+from jaxtrain.model import Model, wrap
+
+
+def is_import_path(name: str) -> bool:
+  return ':' in name and not name.startswith('tfds:')
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {text[0][:200]}' if text else type(error).__name__
+
+
+def import_object(key: str, path: str):
+  """The attribute named by 'package.module:attribute' (dots inside the attribute walk into it)."""
+  module_name, _, attribute = path.partition(':')
+  try:
+    obj = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ConfigError(f'{key}={path!r}: cannot import module {module_name!r} ({_first_line(e)}); check the '
+                      'name and that its folder is on PYTHONPATH') from None
+  except Exception as e:  # noqa: BLE001 - the user's module failed while importing.
+    raise ConfigError(f'{key}={path!r}: importing {module_name!r} failed ({_first_line(e)})') from None
+  for part in attribute.split('.'):
+    if not hasattr(obj, part):
+      public = sorted(name for name in dir(obj) if not name.startswith('_'))[:12]
+      raise ConfigError(f'{key}={path!r}: {module_name!r} has no attribute {attribute!r}; it has: '
+                        f'{", ".join(public)}') from None
+    obj = getattr(obj, part)
+  return obj
+
+
+def _call(key: str, path: str, fn, kwargs: dict):
+  try:
+    return fn(**kwargs)
+  except Exception as e:  # noqa: BLE001 - a user's constructor may raise anything.
+    raise ConfigError(f'{key}={path!r}: calling it with {kwargs} failed ({_first_line(e)}); check '
+                      f'{key.rsplit(".", 1)[0]}.kwargs') from None
+
+
+def _takes(fn, name: str) -> bool:
+  try:
+    return name in inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return False
+
+
+def user_module(config, path: str):
+  """The module an import path names, built with `model.kwargs` (+ `rngs` for NNX classes)."""
+  obj = import_object('model.name', path)
+  if isinstance(obj, (nn.Module, nnx.Module)):
+    return obj
+  if not callable(obj):
+    raise ConfigError(f'model.name={path!r} is a {type(obj).__name__}, not a Flax Module class or a '
+                      'function that returns one')
+  kwargs = dict(config.model.kwargs)
+  if isinstance(obj, type) and issubclass(obj, nnx.Module) and _takes(obj, 'rngs'):
+    kwargs.setdefault('rngs', nnx.Rngs(config.seed))
+  module = _call('model.kwargs', path, obj, kwargs)
+  if not isinstance(module, (nn.Module, nnx.Module)):
+    raise ConfigError(f'model.name={path!r} gave a {type(module).__name__}, not a flax.linen.Module or '
+                      'flax.nnx.Module')
+  return module
+
+
+def model(config, head_width: int, given=None) -> Model:
+  """The run's model: `given`, else the import path's module, else the zoo's (built with `head_width`)."""
+  inputs = tuple(config.model.inputs)
+  if given is not None:
+    return wrap(given, inputs)
+  if is_import_path(config.model.name):
+    return wrap(user_module(config, config.model.name), inputs)
+  return wrap(models.build(config.model, head_width), inputs)
+
+
+def task(config, given=None) -> tasks.Task:
+  """The run's task: `given`, else the import path's Task (or loss function), else the zoo's."""
+  if given is None and not is_import_path(config.task.name):
+    return tasks.build(config.task)
+  key = 'task'
+  obj = given
+  if obj is None:
+    key, obj = 'task.name', import_object('task.name', config.task.name)
+  if isinstance(obj, tasks.Task):
+    return obj
+  if callable(obj):
+    return tasks.Task(loss=obj, name=getattr(obj, '__name__', 'custom'))
+  raise ConfigError(f'{key} is a {type(obj).__name__}; give a jaxtrain.Task or a loss function '
+                    '(outputs, batch) -> one loss per example')
+
+
+def data(config, given=None):
+  """The run's data object (`given`, or what the import path's function returns); None for zoo names."""
+  if given is None and not is_import_path(config.data.name):
+    return None
+  key, obj = 'data', given
+  if obj is None:
+    key, obj = 'data.name', import_object('data.name', config.data.name)
+    if callable(obj) and not hasattr(obj, 'splits'):
+      obj = _call(key, config.data.name, obj, {})
+  if not hasattr(obj, 'splits'):
+    raise ConfigError(f'{key} is a {type(obj).__name__}; give jaxtrain.data.Arrays(train={{...}}, '
+                      'eval={...}) or a function that returns one')
+  return obj
+
+
+def describe(obj) -> str:
+  """'module:QualName' of an object's class: what config.json records for an object passed to fit()."""
+  kind = obj if isinstance(obj, type) or inspect.isfunction(obj) else type(obj)
+  return f'{kind.__module__}:{kind.__qualname__}'
