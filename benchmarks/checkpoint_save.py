@@ -17,9 +17,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 import jaxtrain  # noqa: E402
 from jaxtrain import checkpoint, data, models, optim  # noqa: E402
+from jaxtrain import model as model_lib  # noqa: E402
 from jaxtrain import state as state_lib  # noqa: E402
 
 
@@ -36,9 +38,10 @@ def checkpoint_benchmark(tmp: pathlib.Path, quick: bool) -> dict:
   """
   config = jaxtrain.load_config(ROOT / 'configs' / 'digits_mlp.py',
                                 {'model.features': (2048, 2048, 2048), 'checkpoint.keep': 2})
-  model = models.build(config.model, 10)
+  model = model_lib.wrap(models.build(config.model, 10))
   tx = optim.build(config.optim, 100).tx
-  state = jax.jit(functools.partial(state_lib.create, model, tx, (8, 8, 1)))(0)
+  example = {'image': np.zeros((1, 8, 8, 1), np.float32)}
+  state = jax.jit(functools.partial(state_lib.create, model, tx, example))(0)
   ckpt = checkpoint.Checkpointer(tmp / 'checkpoint-bench', config.checkpoint)
   async_s, blocking_s = [], []
   for round_ in range(2 if quick else 4):

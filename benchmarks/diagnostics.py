@@ -23,7 +23,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxtrain  # noqa: E402
-from jaxtrain import data, loop  # noqa: E402
+from jaxtrain import build, data  # noqa: E402
 from jaxtrain.diagnostics import training  # noqa: E402
 
 
@@ -53,8 +53,8 @@ def main() -> None:
   args = parser.parse_args()
   num_steps, rounds = (300, 1) if args.quick else (1000, 3)
   config = jaxtrain.load_config(ROOT / 'configs' / 'digits_cnn.py', {'diagnostics.every_steps': 1})
-  exp = loop._prepare(config, None)
-  stats = data.compute_stats(exp.splits.train, 10_000)
+  exp = build.prepare(config, None)
+  stats = data.compute_stats(exp.splits.train, 10_000, tuple(config.data.normalize))
   batches = data.train_batches(exp.splits.train, stats, config.data.batch_size, config.seed)
   chunk = exp.strategy.place_chunk(next(data.chunks(data.iterate(batches), 16)))
   timings = {0: [], 1: [], 100: []}

@@ -1,7 +1,7 @@
 """How much of training time the loop waits for its input, on a replica of fit's input path.
 
 Called by benchmarks/run.py (figures `input_wait_*`); benchmarks/README.md explains the method. fit is not
-instrumented: the replica builds the stream exactly as `loop._train` does (`data.train_iterator` from a
+instrumented: the replica builds the stream exactly as `engine.Trainer` does (`data.train_iterator` from a
 stream state, `data.chunks` of `data.chunk_steps` batches, `data.prefetch` placing them from a background
 thread) and feeds fit's own compiled step; the clock runs around each `next(chunks)`, the only place where
 the loop can wait for data.

@@ -22,7 +22,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxtrain  # noqa: E402
-from jaxtrain import data, loop  # noqa: E402
+from jaxtrain import build, data  # noqa: E402
 
 STRATEGIES = {
     'single': {'parallel.strategy': 'single'},
@@ -35,8 +35,8 @@ STRATEGIES = {
 def images_per_sec_per_device(overrides: dict, num_steps: int, batch_size: int) -> float:
   config = jaxtrain.load_config(ROOT / 'configs' / 'digits_cnn.py',
                                 {'data.batch_size': batch_size, **overrides})
-  exp = loop._prepare(config, None)
-  stats = data.compute_stats(exp.splits.train, 10_000)
+  exp = build.prepare(config, None)
+  stats = data.compute_stats(exp.splits.train, 10_000, tuple(config.data.normalize))
   batches = data.train_batches(exp.splits.train, stats, batch_size, 0)
   chunk = exp.strategy.place_chunk(next(data.chunks(data.iterate(batches), 16)))
   state = exp.new_state()

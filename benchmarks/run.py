@@ -51,7 +51,7 @@ import optax  # noqa: E402
 import startup  # noqa: E402
 
 import jaxtrain  # noqa: E402
-from jaxtrain import data, loop, models  # noqa: E402
+from jaxtrain import build, data, models  # noqa: E402
 
 CONFIG = ROOT / 'configs' / 'digits_cnn.py'
 TARGET_ACCURACY = 0.97
@@ -147,7 +147,8 @@ class Bench:
         'checkpoint.every_steps': num_steps, 'train.progress_bar': False})
     config = self.config
     self.splits = data.load(config)
-    self.stats = data.compute_stats(self.splits.train, config.data.stats_max_examples)
+    self.stats = data.compute_stats(self.splits.train, config.data.stats_max_examples,
+                                    tuple(config.data.normalize))
     self.batch_size = config.data.batch_size
     self.steps_per_epoch = len(self.splits.train['label']) // self.batch_size
     self.train_data = data.train_batches(self.splits.train, self.stats, self.batch_size,
@@ -176,7 +177,7 @@ class Bench:
   def _make_handwritten(self):
     """A minimal Flax + optax training step, written the way the JAX/Flax examples write one."""
     model, tx = self.model, optax.adam(self.config.optim.lr)
-    image_shape = self.splits.image_shape
+    image_shape = self.splits.train['image'].shape[1:]
 
     def init(seed):
       variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *image_shape)), train=False)
@@ -213,7 +214,7 @@ class Bench:
     """(strategy, new_state(), chunk train step): fit's own compiled program, built by the function fit
     builds it with (so it cannot drift from fit), once."""
     if self._jaxtrain_step is None:
-      exp = loop._prepare(self.config, None)
+      exp = build.prepare(self.config, None)
       self._jaxtrain_step = (exp.strategy, functools.partial(exp.program.create_state, self.config.seed),
                              exp.program.train_step)
     return self._jaxtrain_step

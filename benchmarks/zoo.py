@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 
 from jaxtrain import config as config_lib  # noqa: E402
 from jaxtrain import models, optim, steps  # noqa: E402
+from jaxtrain import model as model_lib  # noqa: E402
 from jaxtrain import state as state_lib  # noqa: E402
 
 CASES = {  # name -> (config overrides, image shape, classes)
@@ -37,9 +38,10 @@ def images_per_sec(overrides: dict, image_shape, num_classes: int, batch_size: i
   config = config_lib.defaults()
   config_lib.override(config, {'model.norm': 'batch', 'model.head_pooling': 'avg', 'optim.name': 'momentum',
                                'optim.lr': 0.1, **overrides})
-  model = models.build(config.model, num_classes)
+  model = model_lib.wrap(models.build(config.model, num_classes))
   optimizer = optim.build(config.optim, 1000)
-  state = jax.jit(functools.partial(state_lib.create, model, optimizer.tx, image_shape))(0)
+  example = {'image': np.zeros((1, *image_shape), np.float32)}
+  state = jax.jit(functools.partial(state_lib.create, model, optimizer.tx, example))(0)
   step = jax.jit(steps.make_train_step(model, optimizer, config.optim), donate_argnums=0)
   rng = np.random.default_rng(0)
   batch = jax.device_put({'image': rng.normal(size=(batch_size, *image_shape)).astype(np.float32),

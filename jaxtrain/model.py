@@ -115,9 +115,10 @@ class Model:
       return self.module.apply(variables, *self._args(batch), **_mode(keyword, train), rngs=rngs,
                                mutable=mutable, capture_intermediates=capture_intermediates)
     graphdef, params, rng_state, rest = nnx.split(self.module, nnx.Param, nnx.RngState, ...)
-    if rngs and 'dropout' in rngs:
-      rng_state = _rekeyed(rng_state, rngs['dropout'])
-    module = nnx.merge(graphdef, _state(params, variables['params']), rng_state,
+    # Always fresh RNG variables: the split ones belong to the module outside this trace, which NNX (rightly)
+    # refuses to mutate from inside it. Without a dropout key (eval, probes), a fixed one.
+    key = rngs['dropout'] if rngs and 'dropout' in rngs else jax.random.PRNGKey(0)
+    module = nnx.merge(graphdef, _state(params, variables['params']), _rekeyed(rng_state, key),
                        _state(rest, variables.get('batch_stats') or {}))
     keyword = _mode_keyword(type(module).__call__)
     if keyword is None:
@@ -174,6 +175,6 @@ def wrap(module, inputs=DEFAULT_INPUTS, key: str = 'model') -> Model:
   if isinstance(module, Model):
     return module
   if not isinstance(module, (nn.Module, nnx.Module)):
-    raise ConfigError(f'{key} is a {type(module).__name__}, not a flax.linen.Module or flax.nnx.Module; '
+    raise ConfigError(f'{key} is of type {type(module).__name__}, not a flax.linen.Module or flax.nnx.Module; '
                       'pass a Flax module')
   return Model(module, tuple(inputs))

@@ -56,8 +56,9 @@ def _call(key: str, path: str, fn, kwargs: dict):
   try:
     return fn(**kwargs)
   except Exception as e:  # noqa: BLE001 - a user's constructor may raise anything.
-    raise ConfigError(f'{key}={path!r}: calling it with {kwargs} failed ({_first_line(e)}); check '
-                      f'{key.rsplit(".", 1)[0]}.kwargs') from None
+    shown = {k: v for k, v in kwargs.items() if k != 'rngs'}
+    raise ConfigError(f'{key}={path!r}: calling it with {shown} failed ({_first_line(e)}); check '
+                      f'{key.rsplit(".", 1)[0]}.kwargs and its signature') from None
 
 
 def _takes(fn, name: str) -> bool:
@@ -73,14 +74,14 @@ def user_module(config, path: str):
   if isinstance(obj, (nn.Module, nnx.Module)):
     return obj
   if not callable(obj):
-    raise ConfigError(f'model.name={path!r} is a {type(obj).__name__}, not a Flax Module class or a '
+    raise ConfigError(f'model.name={path!r} is of type {type(obj).__name__}, not a Flax Module class or a '
                       'function that returns one')
   kwargs = dict(config.model.kwargs)
-  if isinstance(obj, type) and issubclass(obj, nnx.Module) and _takes(obj, 'rngs'):
+  if isinstance(obj, type) and issubclass(obj, nnx.Module) and _takes(obj.__init__, 'rngs'):
     kwargs.setdefault('rngs', nnx.Rngs(config.seed))
-  module = _call('model.kwargs', path, obj, kwargs)
+  module = _call('model.name', path, obj, kwargs)
   if not isinstance(module, (nn.Module, nnx.Module)):
-    raise ConfigError(f'model.name={path!r} gave a {type(module).__name__}, not a flax.linen.Module or '
+    raise ConfigError(f'model.name={path!r} gave an object of type {type(module).__name__}, not a flax.linen.Module or '
                       'flax.nnx.Module')
   return module
 
@@ -107,7 +108,7 @@ def task(config, given=None) -> tasks.Task:
     return obj
   if callable(obj):
     return tasks.Task(loss=obj, name=getattr(obj, '__name__', 'custom'))
-  raise ConfigError(f'{key} is a {type(obj).__name__}; give a jaxtrain.Task or a loss function '
+  raise ConfigError(f'{key} is of type {type(obj).__name__}; give a jaxtrain.Task or a loss function '
                     '(outputs, batch) -> one loss per example')
 
 
@@ -121,7 +122,7 @@ def data(config, given=None):
     if callable(obj) and not hasattr(obj, 'splits'):
       obj = _call(key, config.data.name, obj, {})
   if not hasattr(obj, 'splits'):
-    raise ConfigError(f'{key} is a {type(obj).__name__}; give jaxtrain.data.Arrays(train={{...}}, '
+    raise ConfigError(f'{key} is of type {type(obj).__name__}; give jaxtrain.data.Arrays(train={{...}}, '
                       'eval={...}) or a function that returns one')
   return obj
 

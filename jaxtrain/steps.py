@@ -43,8 +43,9 @@ def make_loss_fn(model, optim_config, task: tasks.Task = CLASSIFICATION, capture
 
 def _augmented(augment, state: TrainState, batch: dict) -> dict:
   """The batch as the step at `state.step` trains on it: `augment(rng, images)` drawn from the step key,
-  on the 'image' key (config checking refuses augmentation for data without one)."""
-  if augment is None:
+  on the 'image' key (build.prepare refuses augmentation for data without one, so only `data.augment=none`
+  meets such a batch)."""
+  if augment is None or 'image' not in batch:
     return batch
   key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), _AUGMENT_STREAM)
   return {**batch, 'image': augment(key, batch['image'])}
@@ -112,8 +113,10 @@ def make_train_step(model, optimizer: optim.Optimizer, optim_config, nonfinite: 
     batch = _augmented(augment, state, batch)
     grads, loss, task_metrics, new_batch_stats, activations = gradients(state, batch, rng)
     axis = layers.current_data_axis()
-    if axis:  # pmap: each device's metrics are of its slice of the batch.
-      task_metrics = jax.lax.pmean(task_metrics, axis)
+    if axis:  # pmap: each device's metrics are of its slice of the batch. So are a user model's BatchNorm
+      # statistics (the zoo's layers average theirs already): kept as their mean over the devices, as the
+      # Flax ImageNet example's cross-replica mean does, so the state stays one replicated value.
+      task_metrics, new_batch_stats = jax.lax.pmean((task_metrics, new_batch_stats), axis)
     updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.params)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

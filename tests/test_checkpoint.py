@@ -18,7 +18,8 @@ import pytest
 from conftest import CONFIGS, ROOT
 
 import jaxtrain
-from jaxtrain import checkpoint, data, loop
+from jaxtrain import checkpoint, data, engine, evaluation, history
+from jaxtrain.callbacks import nonfinite
 from jaxtrain.diagnostics import nan
 
 
@@ -52,7 +53,7 @@ def wait_for_step(workdir, step: int, process, timeout: float = 120) -> None:
   path = workdir / 'metrics.jsonl'
   while time.time() < deadline:
     assert process.poll() is None, process.communicate()
-    if path.exists() and any(r['step'] >= step for r in jaxtrain.logging.read_metrics(workdir)):
+    if path.exists() and any(r['step'] >= step for r in history.read_metrics(workdir)):
       return
     time.sleep(0.05)
   raise TimeoutError(f'step {step} not reached')
@@ -79,7 +80,7 @@ def test_kill_9_at_random_steps_then_rerun_gives_bit_identical_parameters(make_c
                                         'checkpoint.every_steps': 4, 'train.log_every_steps': 1,
                                         'data.prefetch': 0})
   assert params_hash(trained_state(config, workdir)) == params_hash(trained_state(config, tmp_path / 'ref'))
-  records = jaxtrain.logging.read_metrics(workdir)
+  records = history.read_metrics(workdir)
   kinds = collections.Counter((r['step'], tuple(sorted(k for k in r if '/' in k))[0]) for r in records)
   assert max(kinds.values()) == 1  # No step logged twice ...
   assert sorted(s for s, kind in kinds if kind.startswith('train/')) == list(range(1, 61))  # ... none lost.
@@ -106,7 +107,7 @@ def test_sigterm_saves_the_current_step_and_the_rerun_continues(data_dir, tmp_pa
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert rerun.returncode == 0, rerun.stderr
   assert json.loads((workdir / 'summary.json').read_text())['steps'] == stopped + 8
-  train_steps = [r['step'] for r in jaxtrain.logging.read_metrics(workdir) if 'train/loss' in r]
+  train_steps = [r['step'] for r in history.read_metrics(workdir) if 'train/loss' in r]
   assert train_steps == sorted(set(train_steps)) and train_steps[-1] == stopped + 8
 
 
@@ -139,12 +140,12 @@ def test_best_k_keeps_the_best_evaluated_steps_and_always_the_newest(make_config
 def test_early_stopping_stops_when_the_validation_loss_rises_and_returns_the_best(
     make_config, tmp_path, monkeypatch):
   losses = iter([1.0, 0.8, 0.9, 0.95, 1.1, 1.2, 1.3])
-  evaluate = loop._evaluate
+  evaluate = evaluation.split_metrics
 
   def rising(*args):  # The real metrics, with an eval loss that falls twice then rises.
     return {**evaluate(*args), 'eval/loss': next(losses)}
 
-  monkeypatch.setattr(loop, '_evaluate', rising)
+  monkeypatch.setattr(evaluation, 'split_metrics', rising)
   config = make_config(**{'train.num_steps': 70, 'train.eval_every_steps': 10,
                           'early_stopping.patience': 2})
   run = jaxtrain.fit(config, tmp_path)
@@ -181,13 +182,13 @@ def poison(monkeypatch, bad_steps):
     stream = make(*args, **kwargs)
     return grain.MapDataset.range(len(stream)).map(lambda i: maybe_poison(i, stream[i]))
 
-  monkeypatch.setattr(loop.data, 'train_batches', train_batches)
+  monkeypatch.setattr(engine.data, 'train_batches', train_batches)
 
 
 def test_a_nan_halts_at_its_step_naming_the_layer_and_parameter_and_dumps_a_replayable_step(
     make_config, tmp_path, monkeypatch):
   poison(monkeypatch, {13})
-  with pytest.raises(nan.NonFiniteError) as error:
+  with pytest.raises(nonfinite.NonFiniteError) as error:
     jaxtrain.fit(make_config(**{'checkpoint.every_steps': 5, 'train.log_every_steps': 4}), tmp_path)
   message = str(error.value)
   # The NaN pixel enters the first conv: its output is the first non-finite value in forward order.
@@ -209,7 +210,7 @@ def test_skip_drops_nonfinite_updates_counts_them_and_halts_after_too_many(make_
   run = jaxtrain.fit(make_config(**{'train.nonfinite': 'skip'}), tmp_path / 'skip')
   assert sum(r.get('train/skipped', 0) for r in run.history) == 5 and run.summary['steps'] == 20
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(jax.device_get(run.state.params)))
-  with pytest.raises(nan.NonFiniteError, match=r'halted at step 13: 3 non-finite steps in a row'):
+  with pytest.raises(nonfinite.NonFiniteError, match=r'halted at step 13: 3 non-finite steps in a row'):
     jaxtrain.fit(make_config(**{'train.nonfinite': 'skip', 'train.max_consecutive_skips': 3,
                                 'train.log_every_steps': 1}), tmp_path / 'halt')
 

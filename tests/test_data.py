@@ -19,7 +19,7 @@ def test_digits_builder_has_fixed_splits_and_carves_validation(make_config):
   assert sizes == [1293, 144, 360]
   assert splits.train['image'].shape == (1293, 8, 8, 1) and splits.train['image'].dtype == np.uint8
   assert splits.eval_name == 'validation' and splits.num_classes == 10
-  assert splits.image_shape == (8, 8, 1)
+  assert splits.train['image'].shape[1:] == (8, 8, 1)
   no_val = data.load(make_config(**{'data.validation_fraction': 0.0}))
   assert len(no_val.train['label']) == 1437 and no_val.eval_name == 'test'
   # The carved validation examples are the tail of the full train split, the same on every call.
@@ -31,10 +31,10 @@ def test_statistics_come_from_the_training_split_only(make_config, tmp_path):
   splits = data.load(make_config())
   stats = data.compute_stats(splits.train, max_examples=10_000)
   images = splits.train['image'].astype(np.float64)
-  assert stats['mean'][0] == pytest.approx(images.mean(), rel=1e-6)
-  assert stats['std'][0] == pytest.approx(images.std(), rel=1e-6)
+  assert stats['image']['mean'][0] == pytest.approx(images.mean(), rel=1e-6)
+  assert stats['image']['std'][0] == pytest.approx(images.std(), rel=1e-6)
   with_test = np.concatenate([images, splits.test['image']])
-  assert stats['mean'][0] != pytest.approx(with_test.mean(), rel=1e-6)
+  assert stats['image']['mean'][0] != pytest.approx(with_test.mean(), rel=1e-6)
   # Stored once in the workdir and reused, even if the split later changed.
   data.load_or_compute_stats(splits.train, tmp_path, 10_000)
   reused = data.load_or_compute_stats(splits.eval, tmp_path, 10_000)
@@ -68,7 +68,7 @@ def test_each_epoch_is_reshuffled_reproducibly_and_drops_the_remainder(make_conf
   # images, so examples are told apart by a tag written into their pixels.
   tagged = {'image': np.arange(1437).reshape(-1, 1, 1, 1) * np.ones((1, 8, 8, 1)),
             'label': splits.train['label']}
-  plain = {'mean': [0.0], 'std': [1.0]}
+  plain = {'image': {'mean': [0.0], 'std': [1.0]}}
   ids = [data.train_batches(tagged, plain, 100, seed=3)[i]['image'][:, 0, 0, 0] for i in range(28)]
   for epoch in (ids[:14], ids[14:]):
     assert len(np.unique(np.concatenate(epoch))) == 1400

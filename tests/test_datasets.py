@@ -18,7 +18,7 @@ def test_cifar_loads_offline_from_mock_data(make_config, name, num_classes):
     splits = data.load(config)
   assert [len(s['label']) for s in (splits.train, splits.eval, splits.test)] == [12, 12, 12]
   assert splits.train['image'].shape == (12, 32, 32, 3) and splits.train['image'].dtype == np.uint8
-  assert splits.num_classes == num_classes and splits.image_shape == (32, 32, 3)
+  assert splits.num_classes == num_classes and splits.train['image'].shape[1:] == (32, 32, 3)
   assert splits.test['label'].dtype == np.int32 and splits.test['label'].max() < num_classes
 
 
@@ -27,7 +27,7 @@ def test_imagenet_is_resized_to_data_image_size_and_tested_on_validation(make_co
                           'data.validation_fraction': 0.0})
   with tfds.testing.mock_data(num_examples=5):  # Mock images have random sizes.
     splits = data.load(config)
-  assert splits.train['image'].shape == (5, 24, 24, 3) and splits.image_shape == (24, 24, 3)
+  assert splits.train['image'].shape == (5, 24, 24, 3) and splits.train['image'].shape[1:] == (24, 24, 3)
   assert splits.num_classes == 1000 and splits.eval_name == 'test'
   assert data.DATASETS['imagenet2012'].test_split == 'validation'  # ImageNet's test labels are private.
 
@@ -66,7 +66,7 @@ def test_digits_segmentation_labels_each_pixel(make_config, name, num_classes):
   digits = data.load(make_config(**{'data.validation_fraction': 0.0}))
   labels, images = splits.test['label'], splits.test['image'][..., 0]
   assert labels.shape == (360, 8, 8) and labels.dtype == np.int32
-  assert splits.num_classes == num_classes and splits.image_shape == (8, 8, 1)
+  assert splits.num_classes == num_classes and splits.train['image'].shape[1:] == (8, 8, 1)
   np.testing.assert_array_equal(splits.test['image'], digits.test['image'])
   ink = images > sources.DIGIT_INK
   assert 0.2 < ink.mean() < 0.6

@@ -10,6 +10,7 @@ import pytest
 
 import jaxtrain
 from jaxtrain import data, models, optim, steps
+from jaxtrain import model as model_lib
 from jaxtrain import state as state_lib
 
 
@@ -125,7 +126,7 @@ def test_eval_with_batchnorm_uses_running_statistics(make_config, tmp_path):
   alone = model.apply(variables, batch['image'][:1], train=False)
   together = model.apply(variables, batch['image'], train=False)[:1]
   np.testing.assert_allclose(alone, together, rtol=1e-5, atol=1e-5)
-  eval_step = jax.jit(steps.make_eval_step(model))
+  eval_step = jax.jit(steps.make_eval_step(model_lib.wrap(model)))
   sums = eval_step(run.state, batch)
   assert int(sums['count']) == 64
 
@@ -133,7 +134,8 @@ def test_eval_with_batchnorm_uses_running_statistics(make_config, tmp_path):
 def test_state_is_a_plain_pytree(make_config):
   config = make_config()
   model = models.build(config.model, 10)
-  state = state_lib.create(model, optim.build(config.optim, 10).tx, (8, 8, 1), seed=0)
+  state = state_lib.create(model_lib.wrap(model), optim.build(config.optim, 10).tx,
+                           {'image': np.zeros((1, 8, 8, 1), np.float32)}, seed=0)
   restored = pickle.loads(pickle.dumps(jax.device_get(state)))
   assert jax.tree.structure(restored) == jax.tree.structure(state)
   assert state_lib.num_params(state.params) == 53226

@@ -31,7 +31,7 @@ def launch_script(workdir, data_dir, *extra) -> subprocess.CompletedProcess:
 
 
 def train_losses(workdir) -> dict[int, float]:
-  return {r['step']: r['train/loss'] for r in jaxtrain.logging.read_metrics(workdir) if 'train/loss' in r}
+  return {r['step']: r['train/loss'] for r in jaxtrain.history.read_metrics(workdir) if 'train/loss' in r}
 
 
 def test_two_processes_train_like_one_and_resume(make_config, data_dir, tmp_path):

@@ -20,6 +20,7 @@ from conftest import CONFIGS
 import jaxtrain
 from jaxtrain import config as config_lib
 from jaxtrain import data, models, optim, steps
+from jaxtrain import model as model_lib
 from jaxtrain import state as state_lib
 
 NUM_STEPS = 30
@@ -33,8 +34,9 @@ def digits(data_dir):
   stats = data.compute_stats(splits.train, config.data.stats_max_examples)
   stream = data.train_batches(splits.train, stats, config.data.batch_size, config.seed)
   return types.SimpleNamespace(
-      config=config, model=models.build(config.model, splits.num_classes),
-      image_shape=splits.image_shape, batches=[stream[i] for i in range(NUM_STEPS)])
+      config=config, model=model_lib.wrap(models.build(config.model, splits.num_classes)),
+      example={'image': np.zeros((1, *splits.train['image'].shape[1:]), np.float32)},
+      batches=[stream[i] for i in range(NUM_STEPS)])
 
 
 def train_losses(digits, **optim_overrides) -> np.ndarray:
@@ -43,7 +45,7 @@ def train_losses(digits, **optim_overrides) -> np.ndarray:
   overrides = {'warmup_steps': 0, **optim_overrides}  # The config's warmup would outlast the run.
   config_lib.override(config, {f'optim.{k}': v for k, v in overrides.items()})
   optimizer = optim.build(config.optim, NUM_STEPS)
-  state = state_lib.create(digits.model, optimizer.tx, digits.image_shape, config.seed)
+  state = state_lib.create(digits.model, optimizer.tx, digits.example, config.seed)
   # Compiling dominates a 30-step run of this tiny MLP; unoptimized code compiles in half the time.
   train_step = jax.jit(steps.make_train_step(digits.model, optimizer, config.optim),
                        compiler_options={'xla_backend_optimization_level': 0})
@@ -231,8 +233,8 @@ def test_logged_lr_is_the_schedule_value_and_the_rate_applied(digits):
                                'optim.schedule': 'cosine', 'optim.warmup_steps': 4})
   model = models.build(config.model, 10)
   optimizer = optim.build(config.optim, total_steps=12)
-  state = state_lib.create(model, optimizer.tx, digits.image_shape, config.seed)
-  train_step = jax.jit(steps.make_train_step(model, optimizer, config.optim))
+  state = state_lib.create(model_lib.wrap(model), optimizer.tx, digits.example, config.seed)
+  train_step = jax.jit(steps.make_train_step(model_lib.wrap(model), optimizer, config.optim))
 
   @jax.jit
   def grads_of(params, batch):

@@ -29,7 +29,7 @@ MASK = jnp.array([True, True, False])
 def test_classification_loss_and_accuracy():
   plain = task('classification')
   np.testing.assert_allclose(plain.loss(LOGITS, BATCH)[:2], [LN2, LN3], rtol=1e-6)
-  sums = plain.metrics(LOGITS, BATCH, MASK)
+  sums = plain.sums(LOGITS, BATCH, MASK)
   # argmax of the uniform row is class 0, not its label 2; the padded example would be wrong too.
   assert float(sums['count']) == 2 and float(sums['accuracy']) == 1
   assert float(sums['loss']) == pytest.approx(LN2 + LN3, rel=1e-6)
@@ -51,12 +51,12 @@ def test_binary_sigmoid_cross_entropy():
   # -log sigmoid(0) = ln 2; label 0 costs softplus(logit): ln(1 + e^2), ln(1 + e^-1).
   expected = [LN2, math.log(1 + math.e ** 2), math.log(1 + math.e ** -1)]
   np.testing.assert_allclose(binary.loss(logits, batch), expected, rtol=1e-6)
-  sums = binary.metrics(logits, batch, jnp.array([True, True, True]))
+  sums = binary.sums(logits, batch, jnp.array([True, True, True]))
   assert float(sums['accuracy']) == 1  # Predictions (0, 1, 0) for labels (1, 0, 0): logit 0 is not > 0.
   assert float(sums['loss']) == pytest.approx(sum(expected), rel=1e-6)
   smoothed = task('binary', 0.2).loss(logits[:1], batch | {'label': jnp.array([1])})
   assert float(smoothed[0]) == pytest.approx(LN2, rel=1e-6)  # At logit 0 every target costs ln 2.
-  assert binary.outputs(2) == 1
+  assert binary.head(2) == 1
 
 
 def test_multilabel_averages_one_sigmoid_per_label():
@@ -67,10 +67,10 @@ def test_multilabel_averages_one_sigmoid_per_label():
   first = (LN2 + softplus(-3.0) + softplus(-3.0)) / 3
   second = (softplus(1.0) + softplus(-1.0) + softplus(-0.5)) / 3
   np.testing.assert_allclose(multilabel.loss(logits, batch), [first, second], rtol=1e-6)
-  sums = multilabel.metrics(logits, batch, jnp.array([True, True]))
+  sums = multilabel.sums(logits, batch, jnp.array([True, True]))
   # Predictions (0, 1, 0) and (1, 0, 1): 2 of 3 and 2 of 3 labels right, no example all right.
   assert float(sums['accuracy']) == pytest.approx(4 / 3) and float(sums['exact_match']) == 0
-  assert multilabel.outputs(3) == 3
+  assert multilabel.head(3) == 3
 
 
 def test_regression_mean_squared_error():
@@ -78,7 +78,7 @@ def test_regression_mean_squared_error():
   logits = jnp.array([[1.0], [2.0], [3.0]])
   batch = {'label': jnp.array([1.5, 2.0, 1.0])}
   np.testing.assert_allclose(regression.loss(logits, batch), [0.25, 0.0, 4.0])
-  sums = regression.metrics(logits, batch, jnp.array([True, False, True]))
+  sums = regression.sums(logits, batch, jnp.array([True, False, True]))
   assert float(sums['loss']) == pytest.approx(4.25) and float(sums['mae']) == pytest.approx(2.5)
   assert 'accuracy' not in sums
   two_targets = regression.loss(jnp.array([[1.0, 2.0]]), {'label': jnp.array([[0.0, 0.0]])})
@@ -98,7 +98,7 @@ def test_segmentation_pixel_loss_accuracy_and_mean_iou():
                                      [[[0, 1], [1, 2]], [[0, 0], [0, 0]]])
   mask = jnp.array([True, False])
   assert float(segmentation.loss(logits, batch)[0]) == pytest.approx((3 * LN2 + LN4) / 4, rel=1e-6)
-  sums = jax.device_get(segmentation.metrics(logits, batch, mask))
+  sums = jax.device_get(segmentation.sums(logits, batch, mask))
   np.testing.assert_array_equal(sums['intersection'], [1, 1, 1])
   np.testing.assert_array_equal(sums['union'], [1, 2, 2])  # Class 1: label at 2 pixels, one predicted.
   summary = tasks.summarize(sums)
@@ -112,9 +112,9 @@ def test_segmentation_sums_add_up_across_batches_and_skip_absent_classes():
   first = segmentation_batch([[[0, 1], [1, 1]]], [[[0, 1], [1, 0]]])
   second = segmentation_batch([[[0, 0], [0, 1]]], [[[0, 0], [1, 1]]])
   one = jnp.array([True])
-  totals = jax.tree.map(jnp.add, segmentation.metrics(*first, one), segmentation.metrics(*second, one))
+  totals = jax.tree.map(jnp.add, segmentation.sums(*first, one), segmentation.sums(*second, one))
   both = segmentation_batch([[[0, 1], [1, 1]], [[0, 0], [0, 1]]], [[[0, 1], [1, 0]], [[0, 0], [1, 1]]])
-  together = segmentation.metrics(*both, jnp.array([True, True]))
+  together = segmentation.sums(*both, jnp.array([True, True]))
   summary = tasks.summarize(jax.device_get(totals))
   assert summary == pytest.approx(tasks.summarize(jax.device_get(together)))
   # Class 0 is labelled at 4 pixels and predicted at 4, both at 3: IoU 3 / (4 + 4 - 3); class 1 the same.
@@ -143,7 +143,7 @@ def test_a_head_that_does_not_fit_the_task_is_a_config_error(name, shape, num_cl
 def test_a_head_that_fits_passes_the_check(name, shape, num_classes):
   checked = task(name)
   checked.check(shape, num_classes)
-  assert checked.outputs(num_classes) == shape[-1]
+  assert checked.head(num_classes) == shape[-1]
 
 
 def test_unknown_task_and_bad_smoothing_are_config_errors():

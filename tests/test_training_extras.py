@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 import jaxtrain
 from jaxtrain import config as config_lib
 from jaxtrain import models, optim, steps
+from jaxtrain import model as model_lib
 from jaxtrain import state as state_lib
 
 
@@ -50,9 +51,9 @@ def test_zoo_configs_train_a_few_steps_offline(make_config, tmp_path, name, over
 def one_step(config, batch, accumulate: int):
   """Parameters after one train step of a BatchNorm-free CNN with `accumulate` micro-batches."""
   config_lib.override(config, {'optim.accumulate_steps': accumulate})
-  model = models.build(config.model, 10)
+  model = model_lib.wrap(models.build(config.model, 10))
   optimizer = optim.build(config.optim, 10)
-  state = state_lib.create(model, optimizer.tx, (8, 8, 1), 0)
+  state = state_lib.create(model, optimizer.tx, {'image': np.zeros((1, 8, 8, 1), np.float32)}, 0)
   step = jax.jit(steps.make_train_step(model, optimizer, config.optim))
   new_state, metrics = step(state, batch)
   return new_state.params, metrics

@@ -40,7 +40,7 @@ class Splits:
 
 def _plain(record: dict, data_config=None) -> dict:
   del data_config  # Images of a fixed size are used as stored.
-  return {'image': record['image'], 'label': record['label']}
+  return {'image': record['image'], 'label': np.asarray(record['label'], np.int32)}
 
 
 def _numeric(record: dict, data_config=None) -> dict:
@@ -62,7 +62,8 @@ def _resized(record: dict, data_config) -> dict:
   width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
   image = image.resize((width, height), Image.Resampling.BILINEAR)
   left, top = (width - size) // 2, (height - size) // 2
-  return {'image': np.asarray(image.crop((left, top, left + size, top + size))), 'label': record['label']}
+  return {'image': np.asarray(image.crop((left, top, left + size, top + size))),
+          'label': np.asarray(record['label'], np.int32)}
 
 
 # Digits' pixels run 0..16; strokes are the pixels above a quarter of full ink.
@@ -73,8 +74,8 @@ def _digit_masks(record: dict, data_config=None, binary: bool = False) -> dict:
   """Per-pixel labels from a digit: background 0; ink 1 (binary) or the digit + 1 (11 classes)."""
   del data_config
   ink = record['image'][..., 0] > DIGIT_INK
-  return {'image': record['image'],
-          'label': ink.astype(np.int32) if binary else np.where(ink, int(record['label']) + 1, 0)}
+  label = ink if binary else np.where(ink, int(record['label']) + 1, 0)
+  return {'image': record['image'], 'label': label.astype(np.int32)}
 
 
 def _digits(data_dir: str):

@@ -86,7 +86,7 @@ def check_output_layer(logits: np.ndarray, num_classes: int, task: tasks.Task) -
                     'own softmax/sigmoid to raw logits; remove the output activation')
   return Check('output_layer', 'fail' if problems else 'pass',
                f'{logits.shape[-1]} outputs in [{logits.min():.3g}, {logits.max():.3g}]',
-               f'{task.outputs(num_classes)} raw logits for the {task.name} loss', ' '.join(problems))
+               f'{task.head(num_classes)} raw logits for the {task.name} loss', ' '.join(problems))
 
 
 def check_labels(labels: np.ndarray, num_classes: int) -> Check:
@@ -365,7 +365,7 @@ def doctor(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path
   `fit`); writes doctor.json and plots/gradient_flow.png into `workdir` (a temporary directory when None)
   and returns doctor.json's content. A workdir's metrics.jsonl, when it has one, is read for a
   learning-curve diagnosis; its checkpoints are never touched."""
-  exp, normalization, workdir = experiment.prepare(config, workdir, model=model, data=data, task=task)
+  exp, normalization, workdir = experiment.prepare(config, workdir, model=model, data_source=data, task=task)
   measured = _measure(exp, normalization)
   checks = _checks(exp, measured, read_metrics(workdir))
   report = {'checks': [{k: v for k, v in dataclasses.asdict(c).items() if k != 'details' or v}

@@ -15,12 +15,12 @@ from jaxtrain import build, data
 
 
 def prepare(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path | None, *, model=None,
-            data=None, task=None):
+            data_source=None, task=None):
   """(experiment, normalization statistics, workdir), all checked before any file is written (like `fit`);
   a None workdir becomes a temporary directory."""
   workdir = pathlib.Path(workdir) if workdir else None
-  config = build.with_objects(config, model, data, task)
-  exp = build.prepare(config, workdir, model=model, data_source=data, task=task)
+  config = build.with_objects(config, model, data_source, task)
+  exp = build.prepare(config, workdir, model=model, data_source=data_source, task=task)
   stored = workdir / data.STATS_FILE if workdir else None
   if stored and stored.exists():
     normalization = json.loads(stored.read_text())

@@ -154,7 +154,7 @@ def lr_find(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Pat
   """Runs the configured range test (on the `model`, `data` and `task` objects when passed, as in `fit`);
   writes lr_find.json and plots/lr_find.png into `workdir` (a temporary directory when None) and returns
   lr_find.json's content."""
-  exp, normalization, workdir = experiment.prepare(config, workdir, model=model, data=data, task=task)
+  exp, normalization, workdir = experiment.prepare(config, workdir, model=model, data_source=data, task=task)
   config = exp.config
   c = config.lr_find
   step, state = trainer(exp, exp.program.model, config, c.num_parallel if c.parallel else 0)

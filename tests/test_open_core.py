@@ -1,0 +1,323 @@
+"""Your own model, data, loss and callbacks: NNX and Linen modules on Arrays, trained, resumed and evaluated
+by the same engine as the zoo, with every mistake caught before anything is written."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import CONFIGS, ROOT
+from flax import nnx
+
+import jaxtrain
+from jaxtrain import build, data, history
+from jaxtrain import config as config_lib
+
+sys.path.insert(0, str(ROOT))
+from examples import tokens  # noqa: E402
+
+pytestmark = pytest.mark.xdist_group('test_open_core')
+
+
+def small_config(**overrides):
+  config = config_lib.defaults()
+  config_lib.override(config, {
+      'model.inputs': ('tokens',), 'data.normalize': (), 'data.batch_size': 32, 'train.num_steps': 40,
+      'train.log_every_steps': 10, 'train.eval_every_steps': 20, 'optim.lr': 3e-3,
+      'train.progress_bar': False, 'compile_cache.enabled': False, **overrides})
+  return config
+
+
+TOKENS = jaxtrain.data.Arrays(train=tokens.make(512, 0), eval=tokens.make(256, 1))
+
+
+def params_hash(state) -> str:
+  leaves = jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))
+  return hashlib.sha256(b''.join(np.asarray(leaf).tobytes() for leaf in leaves)).hexdigest()
+
+
+class Recorder(jaxtrain.Callback):
+  """Every hook call, with the records it got."""
+
+  def __init__(self):
+    self.calls = []
+
+  def on_fit_start(self, trainer):
+    self.calls.append(('fit_start', trainer.step))
+
+  def on_log(self, trainer, step, record):
+    self.calls.append(('log', step, record))
+
+  def on_eval(self, trainer, step, record):
+    self.calls.append(('eval', step, record))
+
+  def on_checkpoint(self, trainer, step):
+    self.calls.append(('checkpoint', step))
+
+  def on_fit_end(self, trainer, run):
+    self.calls.append(('fit_end', run.summary['steps']))
+
+
+def test_nnx_model_on_arrays_with_a_custom_loss_and_a_callback(tmp_path):
+  recorder = Recorder()
+  model = tokens.TokenNet(rngs=nnx.Rngs(0))
+  before = jax.tree.map(np.copy, nnx.state(model, nnx.Param).to_pure_dict())
+  run = jaxtrain.fit(small_config(**{'train.num_steps': 120, 'train.eval_every_steps': 60,
+                                     'checkpoint.every_steps': 60}), tmp_path,
+                     model=model, data=TOKENS, task=tokens.FOCAL, callbacks=[recorder])
+  losses = [r['train/loss'] for r in run.history if 'train/loss' in r]
+  assert losses[-1] < 0.5 * losses[0]
+  assert run.summary['final']['eval/accuracy'] > 0.6  # Chance is about 1/3.
+  assert set(run.summary['final']) == {f'{split}/{name}' for split in ('eval', 'test')
+                                       for name in ('loss', 'accuracy', 'cross_entropy')}
+  # The hooks see exactly what metrics.jsonl holds, at the log, eval and checkpoint moments only.
+  logged = [call[2] for call in recorder.calls if call[0] in ('log', 'eval')]
+  assert logged == [r for r in run.history if 'test/loss' not in r]
+  assert recorder.calls[0] == ('fit_start', 0) and recorder.calls[-1] == ('fit_end', 120)
+  assert [c[1] for c in recorder.calls if c[0] == 'checkpoint'] == [60, 120]
+  # The NNX state (Params and BatchStats) is one pytree of plain dicts, trained and checkpointed.
+  assert set(run.state.batch_stats['norm']) == {'mean', 'var'}
+  assert not np.allclose(run.state.params['head']['kernel'], before['head']['kernel'])
+  np.testing.assert_array_equal(nnx.state(model, nnx.Param).to_pure_dict()['head']['kernel'],
+                                before['head']['kernel'])  # The module passed in is left as it was.
+  evaluated = jaxtrain.evaluate(small_config(), tmp_path, model=model, data=TOKENS, task=tokens.FOCAL)
+  assert evaluated['eval/accuracy'] == pytest.approx(run.summary['final']['eval/accuracy'])
+
+
+class Tabular(nn.Module):
+  """A Linen MLP with BatchNorm (`norm`) and dropout, switched by its `train` argument."""
+
+  width: int = 32
+  norm: bool = True
+  dropout: float = 0.2
+
+  @nn.compact
+  def __call__(self, features, train: bool):
+    x = nn.Dense(self.width)(features)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train)(x) if self.norm else x / 100)
+    return nn.Dense(2)(nn.Dropout(self.dropout, deterministic=not train)(x))
+
+
+def tabular(num_examples: int, seed: int) -> dict:
+  """Features on a scale of hundreds (not normalized by jaxtrain: they are not an image)."""
+  rng = np.random.default_rng(seed)
+  features = rng.normal(100.0, 50.0, size=(num_examples, 8))
+  return {'features': features, 'label': (features[:, 0] > features[:, 1]).astype(np.int64)}
+
+
+TABULAR = jaxtrain.data.Arrays(train=tabular(512, 0), eval=tabular(128, 1))
+TABULAR_CONFIG = {'model.inputs': ('features',), 'data.normalize': ('image',), 'optim.lr': 1e-2}
+
+
+def test_linen_model_on_float_features_resumes_exactly(tmp_path):
+  config = small_config(**TABULAR_CONFIG, **{'train.num_steps': 60})
+  straight = jaxtrain.fit(config, tmp_path / 'straight', model=Tabular(), data=TABULAR)
+  assert straight.summary['final']['eval/accuracy'] > 0.8
+  # Float features pass as they are: no statistics for them, float32 on the device.
+  assert json.loads((tmp_path / 'straight' / data.STATS_FILE).read_text()) == {'num_examples': 512}
+  batch = data.train_batches(TABULAR.train, {'num_examples': 512}, 32, 0)[0]
+  assert batch['features'].dtype == np.float32 and batch['label'].dtype == np.int32
+  np.testing.assert_allclose(np.abs(batch['features']).mean(), 100, rtol=0.3)
+  half = small_config(**TABULAR_CONFIG, **{'train.num_steps': 30})
+  jaxtrain.fit(half, tmp_path / 'resumed', model=Tabular(), data=TABULAR)
+  resumed = jaxtrain.fit(config, tmp_path / 'resumed', model=Tabular(), data=TABULAR)
+  assert params_hash(resumed.state) == params_hash(straight.state)
+
+
+def test_integer_tokens_reach_nn_embed_as_integers():
+  """An nn.Embed raises 'Input type must be an integer' on floats; int64 arrays arrive as int32."""
+  class Embedder(nn.Module):
+    @nn.compact
+    def __call__(self, ids):
+      assert jnp.issubdtype(ids.dtype, jnp.integer)
+      return nn.Dense(3)(nn.Embed(tokens.VOCAB, 8)(ids).mean(axis=1))
+
+  arrays = {k: v.astype(np.int64) for k, v in tokens.make(128, 0).items()}
+  run = jaxtrain.fit(small_config(**{'data.normalize': ('image', 'tokens2')}), model=Embedder(),
+                     data=jaxtrain.data.Arrays(train=arrays, test=tokens.make(64, 1)))
+  assert run.summary['steps'] == 40 and 'test/accuracy' in run.summary['final']
+
+
+def test_grain_map_dataset_splits_and_validation_carved_from_train(tmp_path):
+  records = [{'tokens': t, 'label': y} for t, y in zip(*tokens.make(300, 0).values(), strict=True)]
+  source = jaxtrain.data.Arrays(train=grain.MapDataset.source(records))
+  splits = data.load(small_config(**{'data.validation_fraction': 0.2}), source)
+  assert splits.eval_name == 'validation' and data.length(splits.eval) == 60
+  assert data.length(splits.train) == 240 and splits.num_classes == 3
+  np.testing.assert_array_equal(splits.eval['tokens'][0], records[240]['tokens'])
+
+
+STRATEGIES_SCRIPT = '''
+import json, sys
+sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + '/tests')
+import jaxtrain
+from jaxtrain import config as config_lib
+from test_open_core import TABULAR, TABULAR_CONFIG, Tabular, small_config
+out = {}
+for name, overrides in {'single': {'parallel.strategy': 'single'}, 'pmap': {'parallel.strategy': 'pmap'},
+                        'mesh': {'parallel.strategy': 'mesh'},
+                        'fsdp': {'parallel.strategy': 'mesh', 'parallel.mesh.data': 4, 'parallel.mesh.fsdp': 2,
+                                 'parallel.fsdp_min_size': 64}}.items():
+  config = small_config(**{**TABULAR_CONFIG, 'train.num_steps': 20, 'train.log_every_steps': 1,
+                            'optim.name': 'momentum', 'optim.lr': 0.01, **overrides})
+  # Without BatchNorm and dropout: under pmap semantics each device would normalize its slice with its own
+  # statistics, and draw its slice's dropout mask from the same key (the zoo's layers avoid both).
+  run = jaxtrain.fit(config, model=Tabular(width=64, norm=False, dropout=0.0), data=TABULAR)
+  out[name] = [r['train/loss'] for r in run.history if 'train/loss' in r]
+print(json.dumps(out))
+'''
+
+
+def test_a_user_model_trains_alike_on_one_device_pmap_mesh_and_fsdp():
+  result = subprocess.run([sys.executable, '-c', STRATEGIES_SCRIPT, str(ROOT)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ,
+                                            'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  assert result.returncode == 0, result.stderr[-3000:]
+  losses = json.loads(result.stdout.strip().splitlines()[-1])
+  for name in ('pmap', 'mesh', 'fsdp'):
+    np.testing.assert_allclose(losses[name], losses['single'], rtol=2e-4, err_msg=name)
+
+
+def test_kill_9_then_rerun_of_an_import_path_nnx_run_is_bit_identical(tmp_path):
+  args = [sys.executable, '-m', 'jaxtrain.main', '--config', str(CONFIGS / 'tokens_nnx.py'),
+          '--config.train.num_steps=80', '--config.train.log_every_steps=1', '--config.checkpoint.every_steps=5',
+          '--config.train.eval_every_steps=40', '--config.train.progress_bar=False', '--config.data.prefetch=0']
+  reference = subprocess.run([*args, f'--workdir={tmp_path / "ref"}'], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+  assert reference.returncode == 0, reference.stderr[-2000:]
+  killed = tmp_path / 'killed'
+  process = subprocess.Popen([*args, f'--workdir={killed}'], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  while not any(r['step'] >= 33 for r in history.read_metrics(killed)):
+    assert process.poll() is None and time.time() < deadline
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  rerun = subprocess.run([*args, f'--workdir={killed}'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  config = jaxtrain.load_config(CONFIGS / 'tokens_nnx.py', {'train.num_steps': 80, 'compile_cache.enabled': False})
+  assert params_hash(jaxtrain.fit(config, killed).state) == params_hash(jaxtrain.fit(config, tmp_path / 'ref').state)
+  steps = [r['step'] for r in history.read_metrics(killed) if 'train/loss' in r]
+  assert steps == list(range(1, 81))  # Nothing logged twice, nothing lost.
+
+
+class StopAndSave(jaxtrain.Callback):
+  def on_log(self, trainer, step, record):
+    if step == 10:
+      trainer.save()
+    if step == 20:
+      trainer.stop('enough')
+
+
+def test_trainer_save_and_stop(tmp_path):
+  config = small_config(**{'train.num_steps': 100, 'train.eval_every_steps': 50, 'checkpoint.every_steps': 50})
+  run = jaxtrain.fit(config, tmp_path, model=tokens.TokenNet(rngs=nnx.Rngs(0)), data=TOKENS,
+                     callbacks=[StopAndSave()])
+  assert run.summary['steps'] == 20 and run.summary['stop_reason'] == 'enough'
+  assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()) == [10, 20]
+  again = jaxtrain.fit(config, tmp_path, model=tokens.TokenNet(rngs=nnx.Rngs(0)), data=TOKENS)
+  assert again.summary == run.summary  # A stopped run is finished: the same command trains nothing.
+
+
+def test_early_stopping_on_a_metric_of_the_task():
+  config = small_config(**{'train.num_steps': 100, 'train.eval_every_steps': 10,
+                           'early_stopping.monitor': 'eval/cross_entropy', 'early_stopping.patience': 2,
+                           'early_stopping.min_delta': 100.0})  # No evaluation can improve by 100.
+  run = jaxtrain.fit(config, model=tokens.TokenNet(rngs=nnx.Rngs(0)), data=TOKENS, task=tokens.FOCAL)
+  assert run.summary['stopped_early'] and run.summary['steps'] == 30
+  assert 'eval/cross_entropy' in run.summary['stop_reason']
+
+
+def test_a_metric_no_evaluation_reports_is_a_config_error_listing_those_it_does(tmp_path):
+  with pytest.raises(jaxtrain.ConfigError, match=r"checkpoint.monitor='eval/mae' is not a metric this run "
+                     r'reports; choose one of: eval/accuracy, eval/cross_entropy, eval/loss'):
+    jaxtrain.fit(small_config(**{'checkpoint.monitor': 'eval/mae'}), tmp_path / 'run',
+                 model=tokens.TokenNet(rngs=nnx.Rngs(0)), data=TOKENS, task=tokens.FOCAL)
+  assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('objects, message', [
+    ({'model': 'not a module'}, r'model is of type str, not a flax.linen.Module or flax.nnx.Module'),
+    ({'data': {'tokens': np.zeros((4, 2))}}, r'data is of type dict; give jaxtrain.data.Arrays'),
+    ({'task': jaxtrain.Task(loss=lambda logits, batch: logits.mean())},
+     r"the task's loss gives shape \(\) for a batch of 1; return one value per example"),
+    ({'data': jaxtrain.data.Arrays(train={'tokens': np.zeros((8, 3), np.int32), 'label': np.zeros(5)},
+                                   eval={'tokens': np.zeros((4, 3), np.int32), 'label': np.zeros(4)})},
+     r'data train= arrays have different numbers of rows'),
+    ({'model': nnx.Linear(5, 3, rngs=nnx.Rngs(0))}, r"model '.*:Linear' fails on a batch \{'tokens': 'int32\[1, 12\]', "
+                                                    r"'label': 'int32\[1\]'\}: TypeError: dot_general"),
+])
+def test_objects_that_cannot_train_are_config_errors_before_any_write(tmp_path, objects, message):
+  given = {'model': tokens.TokenNet(rngs=nnx.Rngs(0)), 'data': TOKENS, **objects}
+  with pytest.raises(jaxtrain.ConfigError, match=message):
+    jaxtrain.fit(small_config(), tmp_path / 'run', **given)
+  assert not (tmp_path / 'run').exists()
+
+
+def test_cli_import_path_mistakes_exit_2_with_one_line_and_write_nothing(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'jaxtrain.main', '--config', str(CONFIGS / 'tokens_nnx.py'),
+       f'--workdir={tmp_path / "run"}', '--config.model.name=examples.tokens:Nope'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "error: model.name='examples.tokens:Nope': 'examples.tokens' has no attribute 'Nope'; it has: ")
+  assert not (tmp_path / 'run').exists()
+
+
+def test_a_model_redefined_in_a_notebook_trains_the_new_one_and_a_refit_compiles_nothing():
+  def define(width):
+    class Net(nn.Module):  # The same name each time, as when a notebook cell runs again.
+      @nn.compact
+      def __call__(self, tokens):
+        return nn.Dense(3)(nn.Dense(width)(nn.Embed(32, 4)(tokens).mean(axis=1)))
+    return Net()
+
+  config = small_config(**{'train.num_steps': 10})
+  first = define(4)
+  assert jaxtrain.fit(config, model=first, data=TOKENS).state.params['Dense_1']['kernel'].shape == (4, 4)
+  misses = build._program.cache_info().misses
+  jaxtrain.fit(config, model=first, data=TOKENS)  # The same object again: the same compiled program.
+  assert build._program.cache_info().misses == misses
+  assert jaxtrain.fit(config, model=define(8), data=TOKENS).state.params['Dense_1']['kernel'].shape == (4, 8)
+
+
+def test_population_and_sweep_through_fit_with_user_objects(tmp_path):
+  config = small_config(**{'population.size': 2, 'population.lr': (1e-3, 1e-2), 'train.num_steps': 20})
+  run = jaxtrain.fit(config, tmp_path / 'population', model=tokens.TokenNet(rngs=nnx.Rngs(0)), data=TOKENS)
+  assert [m['optim.lr'] for m in run.summary['members']] == [1e-3, 1e-2]
+  assert (tmp_path / 'population' / 'members' / 'm1' / 'checkpoints').is_dir()
+  sweep = small_config(**{'sweep.space': ('optim.lr=grid(0.001, 0.01)',), 'sweep.sampler': 'grid',
+                          'train.num_steps': 20})
+  result = jaxtrain.sweep(sweep, tmp_path / 'sweep', model=tokens.TokenNet(rngs=nnx.Rngs(0)), data=TOKENS)
+  assert len(result['trials']) == 2 and result['best']['eval/accuracy'] > 0
+
+
+def test_doctor_and_lr_find_on_a_user_model_skip_only_the_zoo_checks(tmp_path):
+  config = small_config(**{'doctor.overfit_steps': 30, 'doctor.lr_find_steps': 10})
+  report = jaxtrain.doctor(config, tmp_path, model=tokens.TokenNet(rngs=nnx.Rngs(0)), data=TOKENS,
+                           task=tokens.FOCAL)
+  status = {c['name']: c['status'] for c in report['checks']}
+  assert status['dead_relu'] == status['saturated_units'] == status['initial_loss'] == 'skipped'
+  for name in ('overfit_batch', 'vanishing_gradients', 'exploding_gradients', 'learning_rate'):
+    assert status[name] in ('pass', 'warn', 'fail'), name
+  advice = {c['name']: c['advice'] for c in report['checks']}
+  assert 'zoo' in advice['dead_relu']
+  # With a zoo task, the chance-level initial loss check runs on the user's model too.
+  classification = jaxtrain.doctor(config, tmp_path / 'zoo_task', model=tokens.TokenNet(rngs=nnx.Rngs(0)),
+                                   data=TOKENS)
+  assert {c['name']: c['status'] for c in classification['checks']}['initial_loss'] != 'skipped'
+  result = jaxtrain.lr_find(small_config(**{'lr_find.num_steps': 10}), tmp_path / 'lr',
+                            model=tokens.TokenNet(rngs=nnx.Rngs(0)), data=TOKENS)
+  assert len(result['lrs']) >= 2 and result['suggested_lr'] > 0
