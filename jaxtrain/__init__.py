@@ -13,5 +13,5 @@ from jaxtrain.history import Run
 from jaxtrain.tasks import Task
 
 __version__ = '0.1.0'
-__all__ = ['Callback', 'ConfigError', 'NonFiniteError', 'Preempted', 'Run', 'Task', 'Trainer', 'data', 'doctor',
-           'evaluate', 'fit', 'load_config', 'lr_find', 'sweep']
+__all__ = ['Callback', 'ConfigError', 'NonFiniteError', 'Preempted', 'Run', 'Task', 'Trainer', 'data',
+           'doctor', 'evaluate', 'fit', 'load_config', 'lr_find', 'sweep']

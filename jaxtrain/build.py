@@ -153,8 +153,8 @@ def with_objects(config: ml_collections.ConfigDict | None, model=None, data=None
   config = config_lib.defaults() if config is None else ml_collections.ConfigDict(config.to_dict())
   for key, obj in (('model', model), ('data', data), ('task', task)):
     if obj is not None:
-      inner = obj.module if isinstance(obj, model_lib.Model) else obj.loss if isinstance(obj, tasks.Task) else obj
-      config[key].name = registry.describe(inner)
+      inner = obj.module if isinstance(obj, model_lib.Model) else obj
+      config[key].name = registry.describe(inner.loss if isinstance(inner, tasks.Task) else inner)
   return config
 
 
@@ -168,7 +168,8 @@ def _checked_example(exp_program: Program, example: dict, config, data_keys) -> 
   missing = [key for key in config.model.inputs if key not in data_keys]
   if missing:
     raise config_lib.ConfigError(
-        f'model.inputs={tuple(config.model.inputs)} names {missing}, but the data has keys {sorted(data_keys)}; '
+        f'model.inputs={tuple(config.model.inputs)} names {missing}, but the data has keys '
+        f'{sorted(data_keys)}; '
         'set --config.model.inputs to the keys the model takes')
   if exp_program.task.label not in data_keys:
     raise config_lib.ConfigError(
@@ -227,8 +228,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path | None, *, 
   except config_lib.ConfigError:
     raise
   except Exception as e:  # noqa: BLE001 - a user's loss may raise anything on the model's outputs.
-    raise config_lib.ConfigError(f'the task\'s loss or metrics fail on the model\'s outputs: {_first_line(e)}; '
-                                 'check that they take (outputs, batch)') from None
+    raise config_lib.ConfigError(f'the task\'s loss or metrics fail on the model\'s outputs: '
+                                 f'{_first_line(e)}; check that they take (outputs, batch)') from None
   metrics = tuple(f'eval/{name}' for name in names)
   config_lib.check_monitors(config, metrics)
   if config.optim.freeze or config.optim.lr_multipliers:

@@ -133,15 +133,10 @@ class Model:
     """Module paths in the order the forward pass calls them (input first), traced without computing.
 
     Pytrees sort dict keys ('Block_10' < 'Block_2'), so "early vs late layers" needs the call order. For
-    NNX, the parameters' order (attribute definition order, which is usually the forward order).
+    NNX, the order in which the submodules were assigned in `__init__`, which is usually the forward order.
     """
     if self.is_nnx:
-      order = []
-      for path, _ in jax.tree_util.tree_flatten_with_path(self.init(None, batch)['params'])[0]:
-        module = '/'.join(_key(entry) for entry in path[:-1])
-        if module not in order:
-          order.append(module)
-      return order
+      return list(_definition_order(self.module))
     order = []
 
     def record(call, args, kwargs, context):
@@ -153,6 +148,19 @@ class Model:
     with nn.intercept_methods(record):
       jax.eval_shape(lambda: self.init(jax.random.PRNGKey(0), batch))
     return order
+
+
+def _definition_order(module, prefix: str = ''):
+  """Paths of an NNX module's submodules ('hidden', 'blocks/0/linear'), in the order they were assigned."""
+  for name, value in vars(module).items():
+    if name.startswith('_'):
+      continue
+    children = enumerate(value) if isinstance(value, (list, tuple, nnx.List)) else [(None, value)]
+    for index, child in children:
+      if isinstance(child, nnx.Module):
+        path = f'{prefix}{name}' if index is None else f'{prefix}{name}/{index}'
+        yield path
+        yield from _definition_order(child, path + '/')
 
 
 def _rekeyed(rng_state: nnx.State, key) -> nnx.State:
@@ -175,6 +183,6 @@ def wrap(module, inputs=DEFAULT_INPUTS, key: str = 'model') -> Model:
   if isinstance(module, Model):
     return module
   if not isinstance(module, (nn.Module, nnx.Module)):
-    raise ConfigError(f'{key} is of type {type(module).__name__}, not a flax.linen.Module or flax.nnx.Module; '
-                      'pass a Flax module')
+    raise ConfigError(f'{key} is of type {type(module).__name__}, not a flax.linen.Module or '
+                      'flax.nnx.Module; pass a Flax module')
   return Model(module, tuple(inputs))

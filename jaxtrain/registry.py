@@ -81,8 +81,8 @@ def user_module(config, path: str):
     kwargs.setdefault('rngs', nnx.Rngs(config.seed))
   module = _call('model.name', path, obj, kwargs)
   if not isinstance(module, (nn.Module, nnx.Module)):
-    raise ConfigError(f'model.name={path!r} gave an object of type {type(module).__name__}, not a flax.linen.Module or '
-                      'flax.nnx.Module')
+    raise ConfigError(f'model.name={path!r} gave an object of type {type(module).__name__}, not a '
+                      'flax.linen.Module or flax.nnx.Module')
   return module
 
 

@@ -54,8 +54,9 @@ class Task:
   def check_outputs(self, outputs, batch: dict) -> None:
     """A ConfigError unless the loss and every metric give one value per example (checked abstractly)."""
     size = jax.tree.leaves(batch)[0].shape[0]
-    values = jax.eval_shape(lambda o, b: {'loss': self.loss(o, b), **(self.metrics(o, b) if self.metrics else {})},
-                            outputs, batch)
+    def per_example(o, b):
+      return {'loss': self.loss(o, b), **(self.metrics(o, b) if self.metrics else {})}
+    values = jax.eval_shape(per_example, outputs, batch)
     for name, value in values.items():
       if getattr(value, 'shape', None) != (size,):
         raise ConfigError(

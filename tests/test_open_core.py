@@ -14,7 +14,6 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from conftest import CONFIGS, ROOT
 from flax import nnx
@@ -166,8 +165,8 @@ from test_open_core import TABULAR, TABULAR_CONFIG, Tabular, small_config
 out = {}
 for name, overrides in {'single': {'parallel.strategy': 'single'}, 'pmap': {'parallel.strategy': 'pmap'},
                         'mesh': {'parallel.strategy': 'mesh'},
-                        'fsdp': {'parallel.strategy': 'mesh', 'parallel.mesh.data': 4, 'parallel.mesh.fsdp': 2,
-                                 'parallel.fsdp_min_size': 64}}.items():
+                        'fsdp': {'parallel.strategy': 'mesh', 'parallel.mesh.data': 4,
+                                 'parallel.mesh.fsdp': 2, 'parallel.fsdp_min_size': 64}}.items():
   config = small_config(**{**TABULAR_CONFIG, 'train.num_steps': 20, 'train.log_every_steps': 1,
                             'optim.name': 'momentum', 'optim.lr': 0.01, **overrides})
   # Without BatchNorm and dropout: under pmap semantics each device would normalize its slice with its own
@@ -179,9 +178,9 @@ print(json.dumps(out))
 
 
 def test_a_user_model_trains_alike_on_one_device_pmap_mesh_and_fsdp():
-  result = subprocess.run([sys.executable, '-c', STRATEGIES_SCRIPT, str(ROOT)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ,
-                                            'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  result = subprocess.run([sys.executable, '-c', STRATEGIES_SCRIPT, str(ROOT)], capture_output=True,
+                          text=True, timeout=300, env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   losses = json.loads(result.stdout.strip().splitlines()[-1])
   for name in ('pmap', 'mesh', 'fsdp'):
@@ -190,10 +189,11 @@ def test_a_user_model_trains_alike_on_one_device_pmap_mesh_and_fsdp():
 
 def test_kill_9_then_rerun_of_an_import_path_nnx_run_is_bit_identical(tmp_path):
   args = [sys.executable, '-m', 'jaxtrain.main', '--config', str(CONFIGS / 'tokens_nnx.py'),
-          '--config.train.num_steps=80', '--config.train.log_every_steps=1', '--config.checkpoint.every_steps=5',
-          '--config.train.eval_every_steps=40', '--config.train.progress_bar=False', '--config.data.prefetch=0']
-  reference = subprocess.run([*args, f'--workdir={tmp_path / "ref"}'], cwd=ROOT, capture_output=True, text=True,
-                             timeout=300)
+          '--config.train.num_steps=80', '--config.train.log_every_steps=1',
+          '--config.checkpoint.every_steps=5', '--config.train.eval_every_steps=40',
+          '--config.train.progress_bar=False', '--config.data.prefetch=0']
+  reference = subprocess.run([*args, f'--workdir={tmp_path / "ref"}'], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
   assert reference.returncode == 0, reference.stderr[-2000:]
   killed = tmp_path / 'killed'
   process = subprocess.Popen([*args, f'--workdir={killed}'], cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -204,10 +204,13 @@ def test_kill_9_then_rerun_of_an_import_path_nnx_run_is_bit_identical(tmp_path):
     time.sleep(0.05)
   process.send_signal(signal.SIGKILL)
   process.wait()
-  rerun = subprocess.run([*args, f'--workdir={killed}'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  rerun = subprocess.run([*args, f'--workdir={killed}'], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
   assert rerun.returncode == 0, rerun.stderr[-2000:]
-  config = jaxtrain.load_config(CONFIGS / 'tokens_nnx.py', {'train.num_steps': 80, 'compile_cache.enabled': False})
-  assert params_hash(jaxtrain.fit(config, killed).state) == params_hash(jaxtrain.fit(config, tmp_path / 'ref').state)
+  config = jaxtrain.load_config(CONFIGS / 'tokens_nnx.py',
+                                {'train.num_steps': 80, 'compile_cache.enabled': False})
+  finished = [jaxtrain.fit(config, workdir).state for workdir in (killed, tmp_path / 'ref')]  # Restores.
+  assert params_hash(finished[0]) == params_hash(finished[1])
   steps = [r['step'] for r in history.read_metrics(killed) if 'train/loss' in r]
   assert steps == list(range(1, 81))  # Nothing logged twice, nothing lost.
 
@@ -221,7 +224,8 @@ class StopAndSave(jaxtrain.Callback):
 
 
 def test_trainer_save_and_stop(tmp_path):
-  config = small_config(**{'train.num_steps': 100, 'train.eval_every_steps': 50, 'checkpoint.every_steps': 50})
+  config = small_config(**{'train.num_steps': 100, 'train.eval_every_steps': 50,
+                           'checkpoint.every_steps': 50})
   run = jaxtrain.fit(config, tmp_path, model=tokens.TokenNet(rngs=nnx.Rngs(0)), data=TOKENS,
                      callbacks=[StopAndSave()])
   assert run.summary['steps'] == 20 and run.summary['stop_reason'] == 'enough'
@@ -255,8 +259,8 @@ def test_a_metric_no_evaluation_reports_is_a_config_error_listing_those_it_does(
     ({'data': jaxtrain.data.Arrays(train={'tokens': np.zeros((8, 3), np.int32), 'label': np.zeros(5)},
                                    eval={'tokens': np.zeros((4, 3), np.int32), 'label': np.zeros(4)})},
      r'data train= arrays have different numbers of rows'),
-    ({'model': nnx.Linear(5, 3, rngs=nnx.Rngs(0))}, r"model '.*:Linear' fails on a batch \{'tokens': 'int32\[1, 12\]', "
-                                                    r"'label': 'int32\[1\]'\}: TypeError: dot_general"),
+    ({'model': nnx.Linear(5, 3, rngs=nnx.Rngs(0))},
+     r"model '.*:Linear' fails on a batch \{'tokens': 'int32\[1, 12\]', 'label': 'int32\[1\]'\}: TypeError"),
 ])
 def test_objects_that_cannot_train_are_config_errors_before_any_write(tmp_path, objects, message):
   given = {'model': tokens.TokenNet(rngs=nnx.Rngs(0)), 'data': TOKENS, **objects}

@@ -1,5 +1,6 @@
 """Snapshot ensembles (note 003): with the `sgdr` schedule, the state at the end of each cosine cycle (a
-low-LR point of a different basin) is kept in workdir/snapshots/ and averaged at eval (experiments/ensemble.py).
+low-LR point of a different basin) is kept in workdir/snapshots/ and averaged at eval
+(experiments/ensemble.py).
 
 Snapshots have their own checkpoint folder whose retention keeps every cycle, so the run's `checkpoint.keep`
 and best-k retention never delete one.

@@ -18,6 +18,6 @@ from jaxtrain.data.pipeline import (
 )
 from jaxtrain.data.sources import DATASETS, Splits, load, read, subset
 
-__all__ = ['DATASETS', 'STATS_FILE', 'Arrays', 'Splits', 'chunk_steps', 'chunks', 'compute_stats', 'device_dtype',
-           'eval_batches', 'iterate', 'length', 'load', 'load_or_compute_stats', 'prefetch', 'read', 'stream_state',
-           'subset', 'train_batches', 'train_iterator']
+__all__ = ['DATASETS', 'STATS_FILE', 'Arrays', 'Splits', 'chunk_steps', 'chunks', 'compute_stats',
+           'device_dtype', 'eval_batches', 'iterate', 'length', 'load', 'load_or_compute_stats', 'prefetch',
+           'read', 'stream_state', 'subset', 'train_batches', 'train_iterator']

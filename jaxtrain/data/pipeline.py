@@ -59,7 +59,8 @@ def length(split: dict) -> int:
 
 def device_dtype(values: np.ndarray) -> np.dtype:
   """The dtype an array travels to the device with: JAX's 32-bit defaults, so 64-bit NumPy arrays become
-  int32/float32; integers stay integers (token ids for nn.Embed), small ones (uint8 pixels) keep their width."""
+  int32/float32; integers stay integers (token ids for nn.Embed), and small ones (uint8 pixels) keep their
+  width."""
   if np.issubdtype(values.dtype, np.floating):
     return np.dtype(np.float32)
   if values.dtype.itemsize > 4 and np.issubdtype(values.dtype, np.integer):
