@@ -160,6 +160,9 @@ def _initial_state(exp: build.Experiment):
 def evaluate(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path, *, model=None, data=None,
              task=None) -> dict:
   """Eval- and test-split metrics of the newest checkpoint in `workdir`, plus the ensemble's when the
-  config names members (or the workdir holds a population or snapshots); writes nothing."""
+  config names members (or the workdir holds a population or snapshots); writes nothing. `config=None`
+  reads the run's own config.json."""
+  if config is None and (pathlib.Path(workdir) / build.CONFIG_FILE).exists():
+    config = transfer.source_config(workdir)
   config = build.with_objects(config, model, data, task)
   return ensemble.evaluate(config, pathlib.Path(workdir), model=model, data_source=data, task=task)

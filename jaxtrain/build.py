@@ -71,9 +71,12 @@ def _spec(example: dict) -> tuple:
 
 @functools.lru_cache(maxsize=8)
 def _program(config: ml_collections.FrozenConfigDict, given_model: _Same | None, given_task: _Same | None,
-             num_classes: int, spec: tuple, total_steps: int, strategy: parallel.Strategy) -> Program:
-  """Cached by its inputs (`config` from `_program_config`, objects by identity), so fitting the same model
-  again in one process (a re-run notebook cell, another seed) reuses the jitted functions."""
+             entries: tuple[_Same, ...], num_classes: int, spec: tuple, total_steps: int,
+             strategy: parallel.Strategy) -> Program:
+  """Cached by its inputs (`config` from `_program_config`; objects, and what the names resolve to
+  (`entries`), by identity), so fitting the same model again in one process (a re-run notebook cell,
+  another seed) reuses the jitted functions, and a redefined one never meets an old program."""
+  del entries  # A key only: `registry` resolves the names again below.
   config = ml_collections.ConfigDict(config.to_dict())
   task = registry.task(config, given_task and given_task.obj)
   model = registry.model(config, _head_width(task, num_classes), given_model and given_model.obj)
@@ -217,8 +220,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path | None, *, 
                            np.float32 if key in normalize_keys else data.device_dtype(value))
              for key, value in splits.train.items()}
   program = _program(_program_config(config), model is not None and _Same(model) or None,
-                     task is not None and _Same(task) or None, splits.num_classes, _spec(example), total,
-                     strategy)
+                     task is not None and _Same(task) or None,
+                     tuple(map(_Same, registry.entries(config, model is not None, task is not None))),
+                     splits.num_classes,
+                     _spec(example), total, strategy)
   abstract_state, outputs = _checked_example(program, example, config, splits.keys)
   if program.task.check:
     program.task.check(outputs.shape[1:], splits.num_classes)

@@ -100,7 +100,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.optim.lr_multipliers = ()  # e.g. ('params/head/.*=10', 'params/Block_.*=0.1'); the first match wins.
 
   c.train = ml_collections.ConfigDict()
-  c.train.num_epochs = 0
+  c.train.num_epochs = 1  # Like Keras's fit(epochs=1): a config or fit(config=None) always has a duration.
   c.train.num_steps = 0  # > 0 takes precedence over num_epochs.
   c.train.eval_every_steps = 0  # 0 = at the end of every epoch.
   c.train.log_every_steps = 50

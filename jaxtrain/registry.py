@@ -127,6 +127,15 @@ def data(config, given=None):
   return obj
 
 
+def entries(config, model_given: bool, task_given: bool) -> tuple:
+  """What the config's model and task names resolve to now (a zoo builder, an imported object; None for
+  a name an object replaces): part of the compiled-program cache's key, so a name registered again, or a
+  module reloaded, is compiled anew."""
+  return tuple(None if given else import_object(key, name) if is_import_path(name) else zoo.get(name)
+               for key, name, zoo, given in (('model.name', config.model.name, models.MODELS, model_given),
+                                             ('task.name', config.task.name, tasks.TASKS, task_given)))
+
+
 def describe(obj) -> str:
   """'module:QualName' of an object's class: what config.json records for an object passed to fit()."""
   kind = obj if isinstance(obj, type) or inspect.isfunction(obj) else type(obj)

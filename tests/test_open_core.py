@@ -19,7 +19,7 @@ from conftest import CONFIGS, ROOT
 from flax import nnx
 
 import jaxtrain
-from jaxtrain import build, data, history
+from jaxtrain import build, data, history, models
 from jaxtrain import config as config_lib
 
 sys.path.insert(0, str(ROOT))
@@ -280,7 +280,7 @@ def test_cli_import_path_mistakes_exit_2_with_one_line_and_write_nothing(tmp_pat
   assert not (tmp_path / 'run').exists()
 
 
-def test_a_model_redefined_in_a_notebook_trains_the_new_one_and_a_refit_compiles_nothing():
+def test_a_model_redefined_in_a_notebook_trains_the_new_one_and_a_refit_compiles_nothing(monkeypatch):
   def define(width):
     class Net(nn.Module):  # The same name each time, as when a notebook cell runs again.
       @nn.compact
@@ -295,6 +295,12 @@ def test_a_model_redefined_in_a_notebook_trains_the_new_one_and_a_refit_compiles
   jaxtrain.fit(config, model=first, data=TOKENS)  # The same object again: the same compiled program.
   assert build._program.cache_info().misses == misses
   assert jaxtrain.fit(config, model=define(8), data=TOKENS).state.params['Dense_1']['kernel'].shape == (4, 8)
+  # A name registered again in the zoo's registry trains the new entry too.
+  registered = small_config(**{'train.num_steps': 10, 'model.name': 'notebook_net'})
+  for width in (4, 8):
+    monkeypatch.setitem(models.MODELS, 'notebook_net', lambda cfg, num_classes, width=width: define(width))
+    run = jaxtrain.fit(registered, data=TOKENS)
+    assert run.state.params['Dense_1']['kernel'].shape == (4, width)
 
 
 def test_population_and_sweep_through_fit_with_user_objects(tmp_path):
