@@ -21,6 +21,7 @@ from conftest import CONFIGS, ROOT
 
 import jaxtrain
 from jaxtrain import config as config_lib
+from jaxtrain import model as model_lib
 from jaxtrain import optim, tasks
 from jaxtrain.diagnostics import curves, doctor, experiment, lr_find, stats
 from jaxtrain.models import MLP, layers
@@ -213,7 +214,7 @@ def test_layer_statistics():
 def test_forward_order_is_the_call_order_not_the_sorted_one():
   model = MLP(num_classes=3, features=(4,) * 11, kernel_init=layers.initializer('he_normal', 'k'),
               bias_init=layers.bias_initializer('zeros'))
-  order = stats.forward_order(model, (2, 2, 1))
+  order = model_lib.wrap(model).forward_order({'image': jnp.zeros((1, 2, 2, 1))})
   dense = [path for path in order if path.endswith('Dense_0') or path == 'head']
   assert dense == [f'Block_{i}/Dense_0' for i in range(11)] + ['head']  # Block_10 after Block_9.
 

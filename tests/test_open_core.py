@@ -19,6 +19,7 @@ from conftest import CONFIGS, ROOT
 from flax import nnx
 
 import jaxtrain
+import jaxtrain.model
 from jaxtrain import build, data, history, models
 from jaxtrain import config as config_lib
 
@@ -131,6 +132,11 @@ def test_linen_model_on_float_features_resumes_exactly(tmp_path):
   jaxtrain.fit(half, tmp_path / 'resumed', model=Tabular(), data=TABULAR)
   resumed = jaxtrain.fit(config, tmp_path / 'resumed', model=Tabular(), data=TABULAR)
   assert params_hash(resumed.state) == params_hash(straight.state)
+
+
+def test_nnx_layers_are_ordered_as_defined_for_the_doctor():
+  order = jaxtrain.model.wrap(tokens.TokenNet(rngs=nnx.Rngs(0))).forward_order({})
+  assert order == ['embed', 'dropout', 'hidden', 'norm', 'head']  # Not sorted: 'dropout' < 'embed'.
 
 
 def test_integer_tokens_reach_nn_embed_as_integers():

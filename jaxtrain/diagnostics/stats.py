@@ -89,22 +89,3 @@ def training_stats(grads, updates, params, intermediates, activation: str) -> di
       out.update({f'saturated/{name}': value
                   for name, value in saturated_fractions(intermediates, activation).items()})
   return out
-
-
-def forward_order(model: nn.Module, image_shape: tuple[int, ...]) -> list[str]:
-  """Module paths in the order the forward pass calls them (input first), traced without computing.
-
-  Pytrees sort dict keys, so parameter trees do not keep the order of the layers ('Block_10' < 'Block_2');
-  "early layers vs late layers" needs it.
-  """
-  order = []
-
-  def record(call, args, kwargs, context):
-    path = '/'.join(context.module.path)
-    if context.method_name == '__call__' and path not in order:
-      order.append(path)
-    return call(*args, **kwargs)
-
-  with nn.intercept_methods(record):
-    jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)), train=False))
-  return order

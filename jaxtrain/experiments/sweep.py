@@ -18,7 +18,7 @@ import pathlib
 import re
 import time
 
-from jaxtrain import api, engine
+from jaxtrain import api, build, engine
 from jaxtrain import config as config_lib
 from jaxtrain.callbacks.nonfinite import NonFiniteError
 
@@ -168,6 +168,8 @@ def sweep(config, workdir: str | pathlib.Path, *, model=None, data=None, task=No
   by default); writes sweep.csv and plots/sweep.png and returns {'best': {...}, 'trials': [...]}."""
   workdir = pathlib.Path(workdir)
   space = _check(config)
+  # The run itself (objects, names, sweep.metric among what it reports) is checked before any file exists.
+  build.prepare(build.with_objects(config, model, data, task), None, model=model, data_source=data, task=task)
   optuna = _optuna()
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   total = config.sweep.num_trials or math.prod(len(args) for _, args in space.values())
