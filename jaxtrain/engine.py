@@ -158,15 +158,17 @@ def run(trainer: Trainer, callbacks: Callbacks, restored_data: dict) -> None:
 
 @jax.jit
 def _stack_mean(pending: list[dict]) -> dict:
-  return jax.tree.map(lambda *values: jax.numpy.mean(jax.numpy.stack(values)), *pending)
+  return jax.tree.map(lambda *values: jax.numpy.mean(jax.numpy.stack(values), axis=0), *pending)
 
 
 def _mean_metrics(pending: list[dict]) -> dict:
   """Averages the device metrics of the steps since the last log.
 
   One jitted reduction and one transfer; fetching each step's scalars separately costs ~4% of a CPU run.
-  `skipped` (1 for a step whose update was dropped) is reported as a count over the window.
+  `skipped` (1 for a step whose update was dropped) is reported as a count over the window. A metric with
+  a member axis (a population's) is reported per member, as 'train/<name>/m<i>'.
   """
   means = jax.device_get(_stack_mean(pending))
   means['skipped'] = means['skipped'] * len(pending)
-  return {f'train/{k}': float(v) for k, v in means.items()}
+  return {f'train/{k}' + (f'/m{i}' if np.ndim(v) else ''): float(x) for k, v in means.items()
+          for i, x in enumerate(np.atleast_1d(v))}

@@ -8,6 +8,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from jaxtrain import build, checkpoint, data, history, tasks
 from jaxtrain.config import ConfigError
@@ -25,7 +26,11 @@ def split_metrics(exp, state, stats: dict, split: str, prefix: str | None = None
   for batch in data.iterate(batches):
     sums = exp.program.eval_step(state, exp.strategy.place_batch(batch))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  return {f'{prefix or split}/{key}': value for key, value in tasks.summarize(jax.device_get(totals)).items()}
+  totals, prefix = jax.device_get(totals), prefix or split
+  if np.ndim(totals['count']):  # A population: one set of sums per member, reported as '<name>/m<i>'.
+    return {f'{prefix}/{key}/m{i}': value for i in range(len(totals['count']))
+            for key, value in tasks.summarize(jax.tree.map(lambda x, i=i: x[i], totals)).items()}
+  return {f'{prefix}/{key}': value for key, value in tasks.summarize(totals).items()}
 
 
 def final_metrics(exp, state, stats: dict, evaluation: dict | None = None) -> dict:

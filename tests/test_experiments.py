@@ -1,10 +1,13 @@
 """Experiments: sweeps with pruning, vmapped populations, ensembles, snapshot ensembles, transfer learning."""
 
 import csv
+import json
 import logging
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -12,6 +15,7 @@ import pytest
 from conftest import CONFIGS, ROOT
 
 import jaxtrain
+from jaxtrain import history
 from jaxtrain.experiments import ensemble, population
 
 SMALL = {'model.features': (32,), 'model.dropout': 0.0, 'train.num_steps': 10, 'train.eval_every_steps': 5}
@@ -32,6 +36,35 @@ def test_population_matches_independent_runs(make_config, tmp_path):
       run.summary['members'][best]['final']['eval/loss'])
   result = ensemble.evaluate(config, tmp_path / 'pop')  # --mode eval: best member + the members' ensemble.
   assert result['ensemble/members'] == 2 and 0 < result['test/ensemble_accuracy'] <= 1
+
+
+def test_a_preempted_population_resumes_to_the_same_members(make_config, data_dir, tmp_path):
+  """Populations train on the engine: SIGTERM saves and exits 143, and the same command resumes."""
+  overrides = ['--config.population.size=2', '--config.population.lr=(0.003, 0.01)',
+               '--config.train.num_steps=60', '--config.train.log_every_steps=1',
+               '--config.checkpoint.every_steps=5', '--config.train.eval_every_steps=30',
+               '--config.train.progress_bar=False',
+               f'--config.data.data_dir={data_dir}', f'--workdir={tmp_path / "pop"}']
+  command = [sys.executable, '-m', 'jaxtrain.main', '--config', str(CONFIGS / 'digits_mlp.py'), *overrides]
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  while not any(r['step'] >= 12 for r in history.read_metrics(tmp_path / 'pop')):
+    assert process.poll() is None and time.time() < deadline
+    time.sleep(0.05)
+  process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=120) == 128 + signal.SIGTERM
+  assert not (tmp_path / 'pop' / 'summary.json').exists()
+  resumed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert 'Resuming from step' in resumed.stderr
+  config = make_config('digits_mlp', **{'population.size': 2, 'population.lr': (0.003, 0.01),
+                                        'train.num_steps': 60, 'train.eval_every_steps': 30})
+  straight = population.fit_population(config, tmp_path / 'straight')
+  summary = json.loads((tmp_path / 'pop' / 'summary.json').read_text())
+  for member, reference in zip(summary['members'], straight.summary['members'], strict=True):
+    assert member['final'] == pytest.approx(reference['final'], rel=1e-6)
+  steps = [r['step'] for r in history.read_metrics(tmp_path / 'pop') if 'train/loss/m0' in r]
+  assert steps == list(range(1, 61))  # Nothing logged twice, nothing lost.
 
 
 def test_grid_sweep_visits_every_point(make_config, tmp_path):

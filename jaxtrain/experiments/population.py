@@ -21,20 +21,23 @@ import pathlib
 import tempfile
 import time
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
-from jaxtrain import build, checkpoint, data, evaluation, history, monitor, optim, steps, tasks
+from jaxtrain import build, checkpoint, data, engine, evaluation, history, monitor, optim, parallel, steps
 from jaxtrain import config as config_lib
 from jaxtrain import state as state_lib
+from jaxtrain.callbacks import preemption, writers
 from jaxtrain.callbacks.writers import MetricWriter
 from jaxtrain.data import augment
 
 log = logging.getLogger('jaxtrain')
 MEMBERS_DIR = 'members'
+TRAINING_DIR = 'population_checkpoints'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,26 +101,28 @@ def _where(mask, new, old):
   return jax.tree.map(lambda n, o: jnp.where(mask.reshape(-1, *(1,) * (n.ndim - 1)), n, o), new, old)
 
 
+@flax.struct.dataclass
+class Members:
+  """The population's state as the engine trains it: the members' states (a leading member axis), which
+  of them still train, and the step each one stopped at (0: still training); checkpointed whole."""
+
+  states: state_lib.TrainState
+  active: jax.Array
+  stopped_at: jax.Array
+
+
 @functools.lru_cache(maxsize=4)
-def _program(model, task, optimizer, optim_config, nonfinite: str, data_config, use_ema: bool):
-  """The jitted population steps: (states, batch, active) -> (states, metrics) and (states, batch) -> sums."""
+def _steps(model, task, optimizer, optim_config, nonfinite: str, data_config, use_ema: bool):
+  """The jitted population steps, with the engine's signatures: (members, chunk, k) -> (members, metrics),
+  each metric with a member axis; (members, batch) -> sums, one set per member."""
   train_step = jax.vmap(steps.make_train_step(model, optimizer, optim_config, nonfinite, task,
                                               augment.build(data_config)), in_axes=(0, None))
 
-  def step(states, batch, active):
-    new, metrics = train_step(states, batch)
-    return _where(active, new, states), metrics
+  def step(members: Members, chunk, k):
+    new, metrics = train_step(members.states, jax.tree.map(lambda x: x[k], chunk))
+    return members.replace(states=_where(members.active, new, members.states)), metrics
   eval_step = jax.vmap(steps.make_eval_step(model, task, use_ema=use_ema), in_axes=(0, None))
-  return jax.jit(step, donate_argnums=0), jax.jit(eval_step)
-
-
-def _evaluate(eval_step, states, batches, size: int, prefix: str) -> list[dict]:
-  totals = None
-  for batch in batches:
-    sums = eval_step(states, batch)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
-  return [{f'{prefix}/{k}': v for k, v in tasks.summarize(_member(totals, i)).items()} for i in range(size)]
+  return jax.jit(step, donate_argnums=0), jax.jit(lambda members, batch: eval_step(members.states, batch))
 
 
 def _member(tree, i: int):
@@ -125,76 +130,112 @@ def _member(tree, i: int):
   return jax.tree.map(lambda x: x[i], tree)
 
 
+def _population_experiment(exp: build.Experiment, specs: list[dict]) -> build.Experiment:
+  """`exp` with the population's program (vmapped steps, `Members` state) on one device."""
+  config = exp.config
+  optimizer = member_optimizer(config.optim, exp.total_steps)
+  ema = config.optim.ema_decay > 0
+  train_step, eval_step = _steps(exp.program.model, exp.program.task, optimizer,
+                                 ml_collections.FrozenConfigDict(config.optim), config.train.nonfinite,
+                                 ml_collections.FrozenConfigDict(config.data), ema and config.optim.ema_eval)
+  create = functools.partial(state_lib.create, exp.program.model, optimizer.tx, exp.example, ema=ema)
+
+  def create_members(seed):
+    del seed  # Each member has its own (population.seed).
+    states = jax.vmap(create)(jnp.asarray([s['seed'] for s in specs]))
+    held = {**states.opt_state[-1], 'lr': jnp.asarray([s['optim.lr'] for s in specs], jnp.float32),
+            'weight_decay': jnp.asarray([s['optim.weight_decay'] for s in specs], jnp.float32)}
+    return Members(states=states.replace(opt_state=(*states.opt_state[:-1], held)),
+                   active=jnp.ones(len(specs), bool), stopped_at=jnp.zeros(len(specs), jnp.int32))
+
+  single = ml_collections.ConfigDict({**config.parallel.to_dict(), 'strategy': 'single'})
+  strategy = parallel.make(single, {})
+  program = dataclasses.replace(exp.program, train_step=train_step, eval_step=eval_step, diag_step=None,
+                                create_state=jax.jit(create_members))
+  return dataclasses.replace(exp, program=program, strategy=strategy)
+
+
+class MemberStopping(engine.Callback):
+  """Early stopping and the non-finite halt, per member: a stopped member is masked (its state stops
+  changing) while the others go on; the run stops when none is left. Rebuilt from metrics.jsonl on resume
+  like a single run's."""
+
+  def __init__(self, config, size: int):
+    self.config = config
+    self.stoppers = [monitor.Best(f'{config.early_stopping.monitor}/m{i}', config.early_stopping.mode,
+                                  config.early_stopping.min_delta) for i in range(size)]
+
+  def on_fit_start(self, trainer) -> None:
+    for stopper in self.stoppers:
+      stopper.replay(trainer.history, trainer.start)
+
+  def on_log(self, trainer, step: int, record: dict) -> None:
+    record['population/active'] = int(np.asarray(jax.device_get(trainer.state.active)).sum())
+
+  def on_eval(self, trainer, step: int, record: dict) -> None:
+    members = trainer.state
+    active, skips = (np.array(x) for x in jax.device_get((members.active, members.states.skips)))
+    stopped_at = np.array(jax.device_get(members.stopped_at))
+    patience = self.config.early_stopping.patience
+    for i, stopper in enumerate(self.stoppers):
+      stopper.update(step, record)
+      halted = self.config.train.nonfinite == 'halt' and skips[i] > 0
+      if active[i] and (halted or (patience and stopper.since >= patience)):
+        active[i], stopped_at[i] = False, step
+        log.info('Member %d stopped at step %d (%s)', i, step,
+                 'non-finite loss' if halted else 'early stopping')
+    trainer.state = members.replace(active=jnp.asarray(active), stopped_at=jnp.asarray(stopped_at))
+    if not active.any():
+      trainer.stop('every member stopped')
+
+
 def fit_population(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = None, *,
                    model=None, data_source=None, task=None) -> history.Run:
-  """Trains the population; returns the best member's Run (summary.json lists every member)."""
-  exp = build.prepare(config, None, model=model, data_source=data_source, task=task)
-  workdir = pathlib.Path(workdir or tempfile.mkdtemp(prefix='jaxtrain-'))
+  """Trains the population on the engine (so it resumes after a kill and saves on SIGTERM like a single
+  run); returns the best member's Run (summary.json lists every member)."""
+  workdir = pathlib.Path(workdir) if workdir else None
+  one = build.prepare(config, None, model=model, data_source=data_source, task=task)  # A member alone.
+  specs = members(config)
+  exp = _population_experiment(one, specs)
+  workdir = workdir or pathlib.Path(tempfile.mkdtemp(prefix='jaxtrain-'))
   summary_path = workdir / history.SUMMARY_FILE
   if summary_path.exists() and 'members' in json.loads(summary_path.read_text()):
-    summary = json.loads(summary_path.read_text())
     log.info('%s holds a trained population; nothing to do', workdir)
+    summary = json.loads(summary_path.read_text())
     ckpt = checkpoint.Checkpointer(workdir / checkpoint.CHECKPOINT_DIR, config.checkpoint, read_only=True)
-    state = ckpt.restore(jax.eval_shape(exp.new_state)).state
+    state = ckpt.restore(jax.eval_shape(one.new_state)).state
     ckpt.close()
     return history.Run(workdir=workdir, history=history.read_metrics(workdir), state=state, summary=summary)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / build.CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + '\n')
-  specs, size = members(config), config.population.size
-  optimizer = member_optimizer(config.optim, exp.total_steps)
-  ema = config.optim.ema_decay > 0
-  step_fn, eval_step = _program(exp.program.model, exp.program.task, optimizer,
-                                ml_collections.FrozenConfigDict(config.optim), config.train.nonfinite,
-                                ml_collections.FrozenConfigDict(config.data), ema and config.optim.ema_eval)
-  create = functools.partial(state_lib.create, exp.program.model, optimizer.tx, exp.example, ema=ema)
-  states = jax.jit(jax.vmap(create))(jnp.asarray([s['seed'] for s in specs]))
-  held = {**states.opt_state[-1], 'lr': jnp.asarray([s['optim.lr'] for s in specs], jnp.float32),
-          'weight_decay': jnp.asarray([s['optim.weight_decay'] for s in specs], jnp.float32)}
-  states = states.replace(opt_state=(*states.opt_state[:-1], held))
-  log.info('Population of %d: %s', size, json.dumps(specs))
-
+  log.info('Population of %d: %s', len(specs), json.dumps(specs))
   stats = data.load_or_compute_stats(exp.splits.train, workdir, config.data.stats_max_examples,
                                      keys=tuple(config.data.normalize))
-  eval_data = data.eval_batches(exp.splits.eval, stats, config.data.eval_batch_size)
-  batches = data.iterate(data.train_batches(exp.splits.train, stats, config.data.batch_size, config.seed))
-  eval_every = config.train.eval_every_steps or exp.steps_per_epoch
-  stoppers = [monitor.Best(config.early_stopping.monitor, config.early_stopping.mode,
-                           config.early_stopping.min_delta) for _ in specs]
-  active = np.ones(size, bool)
-  stopped_at = [None] * size
-  writer = MetricWriter.default(workdir, exp.total_steps, 0, config.train.progress_bar,
-                                history.read_metrics(workdir))
-  started, pending = time.time(), []
+  # The members' own checkpoints; workdir/checkpoints/ receives the best member, as a single run, at the end.
+  keep_latest = ml_collections.ConfigDict({**config.checkpoint.to_dict(), 'keep_best': 0})
+  ckpt = checkpoint.Checkpointer(workdir / TRAINING_DIR, keep_latest)
+  past = history.read_metrics(workdir)
   try:
-    for step, batch in zip(range(1, exp.total_steps + 1), batches, strict=False):
-      states, metrics = step_fn(states, jax.device_put(batch, exp.strategy.replicated), jnp.asarray(active))
-      pending.append(metrics)
-      writer.advance(1)
-      epoch = step / exp.steps_per_epoch
-      if config_lib.every(config.train.log_every_steps, step, exp.total_steps):
-        means = jax.device_get(jax.tree.map(lambda *v: jnp.mean(jnp.stack(v), axis=0), *pending))
-        pending = []
-        writer.write({'step': step, 'epoch': epoch, 'population/active': int(active.sum()),
-                      **{f'train/{k}/m{i}': float(v[i]) for k, v in means.items() for i in range(size)}})
-      if config_lib.every(eval_every, step, exp.total_steps):
-        placed = [exp.strategy.place_batch(b) for b in data.iterate(eval_data)]
-        evaluations = _evaluate(eval_step, states, placed, size, 'eval')
-        writer.write({'step': step, 'epoch': epoch, **{f'{k}/m{i}': v for i, record in enumerate(evaluations)
-                                                         for k, v in record.items()}})
-        skips = np.asarray(jax.device_get(states.skips))
-        for i, record in enumerate(evaluations):
-          stoppers[i].update(step, record)
-          halted = config.train.nonfinite == 'halt' and skips[i] > 0
-          if active[i] and (halted or (config.early_stopping.patience
-                                       and stoppers[i].since >= config.early_stopping.patience)):
-            active[i], stopped_at[i] = False, step
-            log.info('Member %d stopped at step %d (%s)', i, step, 'non-finite loss' if halted else
-                     'early stopping')
-        if not active.any():
-          break
+    restored = ckpt.restore(jax.eval_shape(exp.new_state))
+    start = restored.step if restored else 0
+    if restored:
+      log.info('Resuming from step %d in %s', start, workdir)
+    trainer = engine.Trainer(exp, workdir, restored.state if restored else exp.new_state(), start, ckpt,
+                             stats, past)
+    writer = MetricWriter.default(workdir, exp.total_steps, start, config.train.progress_bar, past)
+    callbacks = engine.Callbacks([MemberStopping(config, len(specs)), writers.WriteMetrics(writer),
+                                  preemption.Preemption()])
+    started = time.time()
+    try:
+      engine.run(trainer, callbacks, restored.data if restored else data.stream_state(0))
+    finally:
+      writer.close()
+      callbacks.close()
+    ckpt.wait()
   finally:
-    writer.close()
-  return _finish(exp, config, workdir, specs, states, stats, stopped_at, time.time() - started)
+    ckpt.close()
+  stopped_at = [int(s) or None for s in jax.device_get(trainer.state.stopped_at)]
+  return _finish(one, config, workdir, specs, trainer.state.states, stats, stopped_at, time.time() - started)
 
 
 def _finish(exp, config, workdir: pathlib.Path, specs: list[dict], states, stats: dict, stopped_at: list,
