@@ -315,6 +315,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.checkpoint.snapshots and config.optim.schedule != 'sgdr':
     raise ConfigError(f'checkpoint.snapshots=True saves a snapshot at the end of each sgdr cycle, but '
                       f"optim.schedule={config.optim.schedule!r}; use --config.optim.schedule=sgdr")
+  if config.population.size > 1 and config.diagnostics.every_steps:
+    raise ConfigError('diagnostics.every_steps > 0 is not supported with population.size > 1 (per-layer '
+                      'statistics are per run); set --config.diagnostics.every_steps=0')
   for key in ('population.lr', 'population.weight_decay', 'population.seed'):
     values = config.population[key.split('.')[1]]
     if values and len(values) != config.population.size:
