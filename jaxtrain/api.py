@@ -49,7 +49,8 @@ def fit(config: ml_collections.ConfigDict | None = None, workdir: str | pathlib.
   """
   config = build.with_objects(config, model, data, task)
   if config.population.size > 1:
-    return population.fit_population(config, workdir, model=model, data_source=data, task=task)
+    return population.fit_population(config, workdir, model=model, data_source=data, task=task,
+                                     callbacks=callbacks)
   workdir = pathlib.Path(workdir) if workdir else None
   if jax.process_index() == 0 and jax.process_count() > 1:
     build.prepare(config, None, model=model, data_source=data, task=task)  # Prepares data files once.

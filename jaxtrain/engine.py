@@ -67,11 +67,11 @@ class Trainer:
                stats: dict, history: list[dict]):
     self.exp, self.config, self.workdir, self.state, self.start = exp, exp.config, workdir, state, start
     self.step, self.ckpt, self.stats, self.history = start, ckpt, stats, history
-    self.primary = jax.process_index() == 0  # Of several processes, one writes the workdir's files.
     self.meta = {'config': exp.config.to_dict(), 'normalization': stats}
     self.stop_reason: str | None = None
     self.evaluation: dict | None = None  # The eval record of the current step, when it has one.
     self._save_requested, self._pending, self.diag = False, [], None
+    self._last_log = (start, time.time())  # (step, time) of the last log record, for steps/s.
     self.train_data = data.train_batches(exp.splits.train, stats, self.config.data.batch_size,
                                          self.config.seed, exp.strategy.process_shard)
 

@@ -311,8 +311,13 @@ def test_a_model_redefined_in_a_notebook_trains_the_new_one_and_a_refit_compiles
 
 def test_population_and_sweep_through_fit_with_user_objects(tmp_path):
   config = small_config(**{'population.size': 2, 'population.lr': (1e-3, 1e-2), 'train.num_steps': 20})
-  run = jaxtrain.fit(config, tmp_path / 'population', model=tokens.TokenNet(rngs=nnx.Rngs(0)), data=TOKENS)
+  recorder = Recorder()
+  run = jaxtrain.fit(config, tmp_path / 'population', model=tokens.TokenNet(rngs=nnx.Rngs(0)), data=TOKENS,
+                     callbacks=[recorder])
   assert [m['optim.lr'] for m in run.summary['members']] == [1e-3, 1e-2]
+  evals = [call[2] for call in recorder.calls if call[0] == 'eval']
+  assert [record['step'] for record in evals] == [20] and {'eval/loss/m0', 'eval/loss/m1'} <= set(evals[0])
+  assert recorder.calls[-1] == ('fit_end', 20)
   assert (tmp_path / 'population' / 'members' / 'm1' / 'checkpoints').is_dir()
   sweep = small_config(**{'sweep.space': ('optim.lr=grid(0.001, 0.01)',), 'sweep.sampler': 'grid',
                           'train.num_steps': 20})

@@ -183,10 +183,10 @@ def load(config, data=None, label: str = 'label') -> Splits:
   else:
     evaluation = test
   example = functools.partial(source_.example, data_config=config.data)
-  train, evaluation, test = (subset(read(split, example), config.data, name)
+  train, evaluation, test = (subset(read(split, example), config.data, name, label)
                              for split, name in ((train, 'train'), (evaluation, 'eval'), (test, 'test')))
   features = builder.info.features
-  label = features['label'] if 'label' in features.keys() else None
+  label_feature = features['label'] if 'label' in features.keys() else None
   return Splits(train=train, eval=evaluation, test=test,
                 eval_name='validation' if num_val > 0 else 'test',
-                num_classes=source_.num_classes or getattr(label, 'num_classes', 0) or 0)
+                num_classes=source_.num_classes or getattr(label_feature, 'num_classes', 0) or 0)

@@ -380,10 +380,10 @@ def doctor(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path
 
 def format_report(report: dict) -> str:
   """The verdict table: one line per check, with the advice under each that did not pass."""
-  lines = [f'{"status":6}  {"check":20}  {"value":50}  expected']
+  lines = [f'{"status":7}  {"check":20}  {"value":50}  expected']
   for c in report['checks']:
     value = f'{c["value"]:.4g}' if isinstance(c['value'], float) else str(c['value'])
-    lines.append(f'{c["status"].upper():6}  {c["name"]:20}  {value:50}  {c["expected"]}')
+    lines.append(f'{c["status"].upper():7}  {c["name"]:20}  {value:50}  {c["expected"]}')
     if c['advice']:
       lines.append(f'{"":8}-> {c["advice"]}')
   counts = {s: sum(c['status'] == s for c in report['checks']) for s in ('pass', 'warn', 'fail', 'skipped')}

@@ -190,9 +190,10 @@ class MemberStopping(engine.Callback):
 
 
 def fit_population(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = None, *,
-                   model=None, data_source=None, task=None) -> history.Run:
+                   model=None, data_source=None, task=None, callbacks=()) -> history.Run:
   """Trains the population on the engine (so it resumes after a kill and saves on SIGTERM like a single
-  run); returns the best member's Run (summary.json lists every member)."""
+  run); returns the best member's Run (summary.json lists every member). `callbacks` see the population's
+  records (metrics per member, 'eval/loss/m0', ...) and its `Members` state."""
   workdir = pathlib.Path(workdir) if workdir else None
   one = build.prepare(config, None, model=model, data_source=data_source, task=task)  # A member alone.
   specs = members(config)
@@ -224,7 +225,7 @@ def fit_population(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
                              stats, past)
     writer = MetricWriter.default(workdir, exp.total_steps, start, config.train.progress_bar, past)
     callbacks = engine.Callbacks([MemberStopping(config, len(specs)), writers.WriteMetrics(writer),
-                                  preemption.Preemption()])
+                                  *callbacks, preemption.Preemption()])
     started = time.time()
     try:
       engine.run(trainer, callbacks, restored.data if restored else data.stream_state(0))
@@ -235,7 +236,9 @@ def fit_population(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   finally:
     ckpt.close()
   stopped_at = [int(s) or None for s in jax.device_get(trainer.state.stopped_at)]
-  return _finish(one, config, workdir, specs, trainer.state.states, stats, stopped_at, time.time() - started)
+  run = _finish(one, config, workdir, specs, trainer.state.states, stats, stopped_at, time.time() - started)
+  callbacks.on_fit_end(trainer, run)
+  return run
 
 
 def _finish(exp, config, workdir: pathlib.Path, specs: list[dict], states, stats: dict, stopped_at: list,
