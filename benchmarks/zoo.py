@@ -24,8 +24,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxtrain import config as config_lib  # noqa: E402
-from jaxtrain import models, optim, steps  # noqa: E402
 from jaxtrain import model as model_lib  # noqa: E402
+from jaxtrain import models, optim, steps  # noqa: E402
 from jaxtrain import state as state_lib  # noqa: E402
 
 CASES = {  # name -> (config overrides, image shape, classes)

@@ -63,7 +63,9 @@ BAD = [
     (['--config.data.validation_fraction=1.0'], 'data.validation_fraction'),
     (['--config.parallel.strategy=tpu'], "parallel.strategy='tpu' is not known"),
     (['--config.model.bias_init=he_normal'], "model.bias_init='he_normal' needs a weight matrix"),
-    (['--config.checkpoint.monitor=eval/acc'], "checkpoint.monitor='eval/acc' is out of range"),
+    (['--config.checkpoint.monitor=eval/acc'],
+     "checkpoint.monitor='eval/acc' is not a metric this run reports; "
+     'choose one of: eval/accuracy, eval/loss'),
     (['--config.model.features=(16,)'],
      'params/Block_0/BatchNorm_0/bias has shape (32,) in the checkpoint but (16,) in the config'),
     (['--config.optim.name=sgd'],

@@ -272,7 +272,7 @@ def test_report_is_strict_json_and_the_table_lists_every_check(tmp_path):
   experiment.write_json(tmp_path / 'doctor.json', report)
   assert json.loads((tmp_path / 'doctor.json').read_text())['checks'][0]['value'] == 'inf'
   table = doctor.format_report(report)
-  assert 'FAIL    initial_loss' in table and 'PASS    labels' in table and 'verdict: fail' in table
+  assert 'FAIL     initial_loss' in table and 'PASS     labels' in table and 'verdict: fail' in table
 
 
 # ---- Learning-curve diagnosis on synthetic histories.

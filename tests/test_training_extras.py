@@ -10,8 +10,8 @@ import tensorflow_datasets as tfds
 
 import jaxtrain
 from jaxtrain import config as config_lib
-from jaxtrain import models, optim, steps
 from jaxtrain import model as model_lib
+from jaxtrain import models, optim, steps
 from jaxtrain import state as state_lib
 
 
