@@ -29,25 +29,28 @@ from jaxtrain.callbacks import (
     plateau,
     preemption,
     snapshots,
-    writers,
 )
+from jaxtrain.callbacks import writers as metric_writers
 from jaxtrain.experiments import ensemble, population, transfer
 
 log = logging.getLogger('jaxtrain')
 
 
 def fit(config: ml_collections.ConfigDict | None = None, workdir: str | pathlib.Path | None = None, *,
-        model=None, data=None, task=None, callbacks=()) -> history.Run:
+        model=None, data=None, task=None, callbacks=(), writers=()) -> history.Run:
   """Trains the configured run in `workdir` (a temporary directory when None), resuming from its newest
   readable checkpoint (or `checkpoint.restore_from`) when there is one; a fresh run starts from
   `init_from`'s matching weights when set. `config=None` means the defaults.
 
-  `model`: a flax.linen or flax.nnx Module; `data`: a `jaxtrain.data.Arrays`; `task`: a `jaxtrain.Task`;
-  `callbacks`: `jaxtrain.Callback`s. SIGTERM or SIGINT finishes the current step, saves and raises
-  checkpoint.Preempted; a non-finite loss raises NonFiniteError under train.nonfinite='halt'. With early
-  stopping the returned state is the best.
+  `model`: a flax.linen or flax.nnx Module; `data`: a `jaxtrain.data.Arrays` (or any object with its
+  `splits(config, label)`); `task`: a `jaxtrain.Task` or a loss function; `callbacks`: `jaxtrain.Callback`s;
+  `writers`: more sinks for every record beside metrics.jsonl, TensorBoard and the progress bar (objects
+  with `write(record)` and `close()`, as callbacks/writers.py's). SIGTERM or SIGINT finishes the current
+  step, saves and raises checkpoint.Preempted; a non-finite loss raises NonFiniteError under
+  train.nonfinite='halt'. With early stopping the returned state is the best.
   """
   config = build.with_objects(config, model, data, task)
+  callbacks = engine.user_callbacks(callbacks)
   if config.population.size > 1:
     return population.fit_population(config, workdir, model=model, data_source=data, task=task,
                                      callbacks=callbacks)
@@ -70,7 +73,7 @@ def fit(config: ml_collections.ConfigDict | None = None, workdir: str | pathlib.
       if restored is None:
         raise config_lib.ConfigError(
             f'no readable checkpoint in checkpoint.restore_from={config.checkpoint.restore_from!r}')
-    return _train(exp, workdir, ckpt, restored, abstract_state, list(callbacks))
+    return _train(exp, workdir, ckpt, restored, abstract_state, callbacks, list(writers))
   finally:
     ckpt.close()
 
@@ -87,7 +90,8 @@ def _finished(workdir: pathlib.Path, start: int, total: int) -> dict | None:
 
 
 def _train(exp: build.Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkpointer,
-           restored: checkpoint.Restored | None, abstract_state, user_callbacks: list) -> history.Run:
+           restored: checkpoint.Restored | None, abstract_state, user_callbacks: list,
+           extra_writers: list) -> history.Run:
   config = exp.config
   state = restored.state if restored else _initial_state(exp)
   start = restored.step if restored else 0
@@ -107,12 +111,12 @@ def _train(exp: build.Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkp
   stats = data.load_or_compute_stats(exp.splits.train, workdir, config.data.stats_max_examples, primary,
                                      tuple(config.data.normalize))
   trainer = engine.Trainer(exp, workdir, state, start, ckpt, stats, past)
-  writer = writers.MetricWriter.default(workdir, exp.total_steps, start, config.train.progress_bar, past,
-                                        primary)
+  writer = metric_writers.MetricWriter.default(workdir, exp.total_steps, start, config.train.progress_bar,
+                                               past, primary, extra_writers)
   best = best_checkpoint.BestCheckpoint(config.checkpoint)
   stopper = early_stopping.EarlyStopping(config.early_stopping) if config.early_stopping.patience else None
-  callbacks = engine.Callbacks([
-      nonfinite.NonFiniteGuard(), writers.WriteMetrics(writer), layer_stats.LayerStats(writer),
+  callbacks = engine.CallbackList([
+      nonfinite.NonFiniteGuard(), metric_writers.WriteMetrics(writer), layer_stats.LayerStats(writer),
       plateau.Plateau(exp.program.optimizer), best, *([stopper] if stopper else []),
       *([snapshots.Snapshots(workdir, config, exp.total_steps)] if config.checkpoint.snapshots else []),
       *user_callbacks, preemption.Preemption()])

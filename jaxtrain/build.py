@@ -56,10 +56,12 @@ class _Same:
     return id(self.obj)
 
 
-def _program_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
-  """The parts of a config that the compiled functions depend on (not the seed, paths or durations)."""
+def _program_config(config: ml_collections.ConfigDict, model_given: bool) -> ml_collections.FrozenConfigDict:
+  """The parts of a config that the compiled functions depend on: not paths or durations, and the seed
+  only where it builds the model (an import path's NNX class gets nnx.Rngs(seed))."""
+  built_from_path = not model_given and registry.is_import_path(config.model.name)
   return ml_collections.FrozenConfigDict({
-      'seed': config.seed if registry.is_import_path(config.model.name) else 0,  # nnx.Rngs(seed).
+      'seed': config.seed if built_from_path else 0,
       'model': config.model, 'optim': config.optim, 'task': config.task,
       'data': {key: config.data[key] for key in augment.CONFIG_KEYS},
       'train': {'nonfinite': config.train.nonfinite}, 'diagnose': config.diagnostics.every_steps > 0})
@@ -119,31 +121,35 @@ class Experiment:
   metrics: tuple[str, ...]  # What an evaluation reports: 'eval/loss', 'eval/accuracy', ...
 
   def new_state(self):
-    return self.program.create_state(self.config.seed)
+    """A fresh state, born on the devices; an NNX module's weights are read now (arguments of the
+    compiled program, not constants baked into it, so a module changed in place starts as it is now)."""
+    return self.program.create_state(self.config.seed, initial=self.program.model.initial_variables())
 
   @property
   def user_model(self) -> bool:
     """A model from outside the zoo (an object or an import path): zoo-only diagnostics do not apply."""
-    return self.config.model.name not in models.MODELS
+    return not models.is_zoo(getattr(self.program.model, 'module', None))
 
 
 # Keys that define what a workdir's checkpoints and normalization.json are: a run resumes only with the same.
 _RUN_DEFINING = ('seed', 'model.', 'data.name', 'data.batch_size', 'data.validation_fraction',
-                 'data.stats_max_examples', 'data.normalize')
+                 'data.stats_max_examples', 'data.normalize', 'population.')
 
 
-def _check_resumable(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-  """A workdir holding another run (other model, data or seed) is an error, not something to overwrite."""
+def _check_resumable(config: ml_collections.ConfigDict, workdir: pathlib.Path, detail: str = '') -> None:
+  """A workdir holding another run (other model, data or seed) is an error, not something to overwrite.
+  The differing config key is named first, then `detail` (the first checkpoint array that differs)."""
   path = workdir / CONFIG_FILE
-  if not path.exists() or not (workdir / checkpoint.CHECKPOINT_DIR).is_dir():
+  if not path.exists() or not any((workdir / folder).is_dir()
+                                  for folder in (checkpoint.CHECKPOINT_DIR, checkpoint.POPULATION_DIR)):
     return
   before = config_lib.flatten(json.loads(path.read_text()))
   now = config_lib.flatten(json.loads(json.dumps(config.to_dict())))
   for key in sorted(now):
     if key.startswith(_RUN_DEFINING) and key in before and before[key] != now[key]:
       raise config_lib.ConfigError(
-          f'{workdir} holds a run with {key}={before[key]!r}, this config has {now[key]!r}; '
-          'use another --workdir to start a new run')
+          f'{workdir} holds a run with {key}={before[key]!r}, this config has {now[key]!r}'
+          f'{f" ({detail})" if detail else ""}; use another --workdir to start a new run')
 
 
 def read_only(directory: pathlib.Path, config) -> checkpoint.Checkpointer:
@@ -161,33 +167,60 @@ def with_objects(config: ml_collections.ConfigDict | None, model=None, data=None
   return config
 
 
-def _first_line(error: Exception) -> str:
-  lines = str(error).strip().splitlines()
-  return f'{type(error).__name__}: {lines[0][:300]}' if lines else type(error).__name__
-
-
-def _checked_example(exp_program: Program, example: dict, config, data_keys) -> tuple:
-  """The model's abstract outputs on `example`, or a ConfigError naming what does not fit."""
+def _check_keys(config, label: str, data_keys) -> None:
+  """The model's inputs and the task's label must be keys of the data."""
   missing = [key for key in config.model.inputs if key not in data_keys]
   if missing:
     raise config_lib.ConfigError(
         f'model.inputs={tuple(config.model.inputs)} names {missing}, but the data has keys '
-        f'{sorted(data_keys)}; '
-        'set --config.model.inputs to the keys the model takes')
-  if exp_program.task.label not in data_keys:
+        f'{sorted(data_keys)}; set --config.model.inputs to the keys the model takes')
+  if label not in data_keys:
     raise config_lib.ConfigError(
-        f'the task reads labels from {exp_program.task.label!r}, but the data has keys {sorted(data_keys)}; '
+        f'the task reads labels from {label!r}, but the data has keys {sorted(data_keys)}; '
         'add that key or give Task(label=...)')
+
+
+def _model_fails(config, example: dict, error: Exception) -> config_lib.ConfigError:
+  shapes = {key: f'{value.dtype}{list(value.shape)}' for key, value in example.items()}
+  return config_lib.ConfigError(f'model {config.model.name!r} fails on a batch {shapes}: '
+                                f'{registry.first_line(error)}; check model.inputs and the model\'s input '
+                                'shapes')
+
+
+def _compiled(config, model, task, splits, example: dict, total: int, strategy) -> tuple:
+  """(program, abstract state, abstract outputs on `example`); a model that fails on the batch (while it
+  initializes or runs) is a ConfigError, not a traceback."""
   try:
-    abstract_state = jax.eval_shape(exp_program.create_state, 0)
-    return abstract_state, jax.eval_shape(lambda s: exp_program.model.apply(
-        state_lib.variables(s), example, train=False), abstract_state)
+    program = _program(_program_config(config, model is not None), model is not None and _Same(model) or None,
+                       task is not None and _Same(task) or None,
+                       tuple(map(_Same, registry.entries(config, model is not None, task is not None))),
+                       splits.num_classes, _spec(example), total, strategy)
+    abstract_state = jax.eval_shape(program.create_state, 0)
+    outputs = jax.eval_shape(lambda s: program.model.apply(state_lib.variables(s), example, train=False),
+                             abstract_state)
   except config_lib.ConfigError:
     raise
   except Exception as e:  # noqa: BLE001 - a user's model may raise anything on a wrong input.
-    shapes = {key: f'{value.dtype}{list(value.shape)}' for key, value in example.items()}
-    raise config_lib.ConfigError(f'model {config.model.name!r} fails on a batch {shapes}: {_first_line(e)}; '
-                                 'check model.inputs and the model\'s input shapes') from None
+    raise _model_fails(config, example, e) from None
+  return program, abstract_state, outputs
+
+
+def _check_task(program: Program, outputs, example: dict, num_classes: int) -> tuple[str, ...]:
+  """The metric names an evaluation reports; a ConfigError when the task cannot take the outputs."""
+  try:
+    if program.task.check:
+      if not hasattr(outputs, 'shape'):
+        raise config_lib.ConfigError(
+            f'the {program.task.name!r} task needs the model to return one array of logits, not a '
+            f'{type(outputs).__name__}; give a jaxtrain.Task whose loss takes these outputs')
+      program.task.check(outputs.shape[1:], num_classes)
+    program.task.check_outputs(outputs, example)
+    return tuple(f'eval/{name}' for name in program.task.metric_names(outputs, example))
+  except config_lib.ConfigError:
+    raise
+  except Exception as e:  # noqa: BLE001 - a user's loss may raise anything on the model's outputs.
+    raise config_lib.ConfigError(f'the task\'s loss or metrics fail on the model\'s outputs: '
+                                 f'{registry.first_line(e)}; check that they take (outputs, batch)') from None
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path | None, *, model=None, data_source=None,
@@ -200,8 +233,17 @@ def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path | None, *, 
   if config.data.augment != 'none' and 'image' not in config.data.normalize:
     raise config_lib.ConfigError(f'data.augment={config.data.augment!r} works on the \'image\' key, which '
                                  'is not normalized here; use --config.data.augment=none')
+  if config.model.kwargs and model is None and not registry.is_import_path(config.model.name):
+    raise config_lib.ConfigError(f'model.kwargs={dict(config.model.kwargs)} is only for a model named by '
+                                 "import path (model.name='pkg.module:Class'); set the zoo's own keys, or "
+                                 'build the object with them')
   label = registry.task(config, task).label
   splits = data.load(config, registry.data(config, data_source), label)
+  _check_keys(config, label, splits.keys)
+  absent = [key for key in config.data.normalize if key not in splits.keys and key != 'image']
+  if absent:
+    raise config_lib.ConfigError(f'data.normalize={tuple(config.data.normalize)} names {absent}, which the '
+                                 f'data does not have (keys: {sorted(splits.keys)}); name keys it has')
   if config.data.augment != 'none' and 'image' not in splits.keys:
     raise config_lib.ConfigError(f'data.augment={config.data.augment!r} needs an \'image\' key; the data '
                                  f'has {sorted(splits.keys)}; use --config.data.augment=none')
@@ -219,32 +261,24 @@ def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path | None, *, 
   example = {key: np.zeros((1, *value.shape[1:]),
                            np.float32 if key in normalize_keys else data.device_dtype(value))
              for key, value in splits.train.items()}
-  program = _program(_program_config(config), model is not None and _Same(model) or None,
-                     task is not None and _Same(task) or None,
-                     tuple(map(_Same, registry.entries(config, model is not None, task is not None))),
-                     splits.num_classes,
-                     _spec(example), total, strategy)
-  abstract_state, outputs = _checked_example(program, example, config, splits.keys)
-  if program.task.check:
-    program.task.check(outputs.shape[1:], splits.num_classes)
-  try:
-    program.task.check_outputs(outputs, example)
-    names = program.task.metric_names(outputs, example)
-  except config_lib.ConfigError:
-    raise
-  except Exception as e:  # noqa: BLE001 - a user's loss may raise anything on the model's outputs.
-    raise config_lib.ConfigError(f'the task\'s loss or metrics fail on the model\'s outputs: '
-                                 f'{_first_line(e)}; check that they take (outputs, batch)') from None
-  metrics = tuple(f'eval/{name}' for name in names)
+  program, abstract_state, outputs = _compiled(config, model, task, splits, example, total, strategy)
+  metrics = _check_task(program, outputs, example, splits.num_classes)
   config_lib.check_monitors(config, metrics)
   if config.optim.freeze or config.optim.lr_multipliers:
     log.info('Optimizer rules per parameter:\n%s',
              optim.rules_table(optim.parameter_rules(config.optim, abstract_state.params)))
   if config.init_from:
     transfer.source_config(config.init_from)
-  if workdir and (workdir / checkpoint.CHECKPOINT_DIR).is_dir():
-    read_only(workdir / checkpoint.CHECKPOINT_DIR, config).check_fits(abstract_state)
-    _check_resumable(config, workdir)
+  if workdir:
+    misfit = None
+    if (workdir / checkpoint.CHECKPOINT_DIR).is_dir():
+      try:
+        read_only(workdir / checkpoint.CHECKPOINT_DIR, config).check_fits(abstract_state)
+      except checkpoint.IncompatibleCheckpoint as e:
+        misfit = e
+    _check_resumable(config, workdir, str(misfit or ''))  # The key that differs, with the array.
+    if misfit:
+      raise misfit
   if config.checkpoint.restore_from:
     source = checkpoint.checkpoint_dir(config.checkpoint.restore_from)
     if not source.is_dir() or not read_only(source, config).steps():

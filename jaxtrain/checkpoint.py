@@ -25,6 +25,7 @@ from jaxtrain.config import ConfigError
 log = logging.getLogger('jaxtrain')
 
 CHECKPOINT_DIR = 'checkpoints'
+POPULATION_DIR = 'population_checkpoints'  # A population's members while they train.
 DAMAGED_DIR = 'damaged_checkpoints'  # Where unreadable steps are moved (not deleted) so training can go on.
 
 

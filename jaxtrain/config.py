@@ -207,10 +207,18 @@ def flatten(tree: Mapping, prefix: str = '') -> dict:
   return flat
 
 
+def _sections(tree, prefix: str = ''):
+  """Every section's dotted path, empty ones too ('model.kwargs' before any keyword is set)."""
+  for key, value in tree.items():
+    if isinstance(value, (Mapping, ml_collections.ConfigDict)):
+      yield prefix + key
+      yield from _sections(value, f'{prefix}{key}.')
+
+
 def check_key(config: ml_collections.ConfigDict, key: str) -> None:
   """Raises a ConfigError with the closest known key when `key` is not in `config`."""
   keys = list(flatten(config))
-  sections = {k.rsplit('.', 1)[0] for k in keys if '.' in k}
+  sections = set(_sections(config))
   if key in keys or key in sections:
     return
   close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)

@@ -1,10 +1,11 @@
 """The engine: the loop around the pure jitted step, and the callbacks that carry every other concern.
 
 The loop (`run`) steps, and at the moments a config names (log, eval, checkpoint, or a callback's request)
-hands over to callbacks: writing metrics, evaluation bookkeeping, best-k checkpoints, early stopping, the
-plateau schedule, snapshots, preemption, the non-finite guard and in-graph diagnostics each live in their own
-module under callbacks/, and a user's `Callback` joins them. Between moments nothing waits on the device: the
-step is dispatched asynchronously and only `on_step` hooks (host-only bookkeeping) run.
+evaluates (evaluation.py) and saves, and hands over to callbacks: writing metrics, best-k checkpoints, early
+stopping, the plateau schedule, snapshots, preemption, the non-finite guard and in-graph diagnostics each
+live in their own module under callbacks/, and a user's `Callback` joins them. Between moments nothing
+waits on the device: the step is dispatched asynchronously and only `on_step` hooks (host-only
+bookkeeping) run.
 """
 
 import logging
@@ -16,6 +17,7 @@ import numpy as np
 
 from jaxtrain import checkpoint, data, evaluation
 from jaxtrain import config as config_lib
+from jaxtrain.config import ConfigError
 
 log = logging.getLogger('jaxtrain')
 
@@ -39,7 +41,7 @@ _HOOKS = ('on_fit_start', 'on_step', 'before_moment', 'on_log', 'on_eval', 'on_c
           'close')
 
 
-class Callbacks:
+class CallbackList:
   """Calls each hook on the callbacks that define it, in order. `on_step` (every step, host-only) and
   `before_moment` (before a moment's records exist) are for the built-in callbacks; `close` runs however
   the run ends."""
@@ -56,8 +58,23 @@ class Callbacks:
 
 
 def _defines(callback, hook: str) -> bool:
+  """Whether `callback` has its own `hook`: a method of its class, or a function set on the instance."""
+  if hook in vars(callback):
+    return callable(vars(callback)[hook])
   method = getattr(type(callback), hook, None)
   return method is not None and method is not getattr(Callback, hook, None)
+
+
+def user_callbacks(callbacks) -> list[Callback]:
+  """`fit(callbacks=)` as a list: None, one Callback or an iterable of them; a ConfigError for others."""
+  if callbacks is None:
+    return []
+  callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
+  wrong = [type(c).__name__ for c in callbacks if not isinstance(c, Callback)]
+  if wrong:
+    raise ConfigError(f'callbacks holds {", ".join(wrong)}, not jaxtrain.Callback; subclass '
+                      'jaxtrain.Callback and define the hooks you need (on_log, on_eval, ...)')
+  return callbacks
 
 
 class Trainer:
@@ -91,7 +108,7 @@ class Trainer:
     """The task's metrics of `state` over a whole split: {'eval/loss': ..., ...}."""
     return evaluation.split_metrics(self.exp, state, self.stats, split)
 
-  def train_metrics(self) -> dict:
+  def _train_record(self) -> dict:
     """The log record of the steps since the last one: one jitted mean and one transfer (the only sync)."""
     record = {'step': self.step, 'epoch': self.epoch, **_mean_metrics(self._pending)}
     if self.step > self._last_log[0]:
@@ -107,7 +124,7 @@ class Trainer:
     return chunks, per_chunk
 
 
-def run(trainer: Trainer, callbacks: Callbacks, restored_data: dict) -> None:
+def run(trainer: Trainer, callbacks: CallbackList, restored_data: dict) -> None:
   """Trains from `trainer.start` to the configured number of steps (or a stop), then `on_fit_end` is the
   caller's (it has the final metrics)."""
   exp, config = trainer.exp, trainer.config
@@ -115,7 +132,7 @@ def run(trainer: Trainer, callbacks: Callbacks, restored_data: dict) -> None:
   eval_every = config.train.eval_every_steps or exp.steps_per_epoch
   save_every = config.checkpoint.every_steps or exp.steps_per_epoch
   diag_every, total = config.diagnostics.every_steps, exp.total_steps
-  started = trainer._last_log = (trainer.start, time.time())
+  started = time.time()
   try:
     callbacks.on_fit_start(trainer)
     for step in range(trainer.start + 1, total + 1):
@@ -130,22 +147,22 @@ def run(trainer: Trainer, callbacks: Callbacks, restored_data: dict) -> None:
       trainer.step, trainer.evaluation = step, None
       if step == trainer.start + 1:
         jax.block_until_ready(metrics)
-        log.info('First step (compilation included) took %.1fs', time.time() - started[1])
+        log.info('First step (compilation included) took %.1fs', time.time() - started)
         trainer._last_log = (step, time.time())
       callbacks.on_step(trainer, step)
       logs = config_lib.every(config.train.log_every_steps, step, total)
       evaluates = config_lib.every(eval_every, step, total)
-      saves = (config_lib.every(save_every, step, total) or trainer._save_requested or trainer.stop_reason
-               or (config.checkpoint.epoch_end and step % exp.steps_per_epoch == 0))
-      if not (logs or evaluates or saves):
+      scheduled_save = (config_lib.every(save_every, step, total)
+                        or (config.checkpoint.epoch_end and step % exp.steps_per_epoch == 0))
+      if not (logs or evaluates or scheduled_save or trainer._save_requested or trainer.stop_reason):
         continue
       callbacks.before_moment(trainer, step)
       if logs:
-        callbacks.on_log(trainer, step, trainer.train_metrics())
+        callbacks.on_log(trainer, step, trainer._train_record())
       if evaluates:
         trainer.evaluation = {'step': step, 'epoch': trainer.epoch, **trainer.evaluate(trainer.state)}
         callbacks.on_eval(trainer, step, trainer.evaluation)
-      if saves or trainer._save_requested or trainer.stop_reason:
+      if scheduled_save or trainer._save_requested or trainer.stop_reason:  # Eval may have asked for one.
         trainer.ckpt.save(step, trainer.state, data.stream_state(step), trainer.meta, trainer.evaluation)
         trainer._save_requested = False
         callbacks.on_checkpoint(trainer, step)

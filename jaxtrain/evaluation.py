@@ -38,7 +38,7 @@ def final_metrics(exp, state, stats: dict, evaluation: dict | None = None) -> di
   the eval split's metrics of `state` when the loop has just computed them."""
   final = {k: v for k, v in (evaluation or split_metrics(exp, state, stats, 'eval')).items()
            if k.startswith('eval/')}
-  if exp.splits.eval_name == 'test':
+  if exp.splits.eval_name == 'test' or exp.splits.test is exp.splits.eval:
     return {**final, **{k.replace('eval/', 'test/'): v for k, v in final.items()}}
   return {**final, **split_metrics(exp, state, stats, 'test')}
 

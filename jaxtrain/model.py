@@ -24,7 +24,9 @@ import flax.linen as nn
 import jax
 from flax import nnx
 
+from jaxtrain import models
 from jaxtrain.config import ConfigError
+from jaxtrain.models import layers
 
 DEFAULT_INPUTS = ('image',)
 
@@ -96,19 +98,36 @@ class Model:
 
   # Linen ---------------------------------------------------------------------------------------------
 
-  def init(self, rng, batch: dict) -> dict:
+  def initial_variables(self) -> dict | None:
+    """An NNX module's variables as they are now ({'params', 'batch_stats'}); None for Linen, which is
+    initialized from the seed. Passed to the compiled `init` as an argument (`state.create`), so the
+    weights are never constants baked into a program."""
+    if not self.is_nnx:
+      return None
+    _, params, _, rest = nnx.split(self.module, nnx.Param, nnx.RngState, ...)
+    return {'params': _plain(params), 'batch_stats': _plain(rest)}
+
+  def init(self, rng, batch: dict, initial: dict | None = None) -> dict:
+    """{'params', 'batch_stats'}: Linen's from `rng` on `batch`; an NNX module's `initial` variables."""
     if not self.is_nnx:
       keyword = _mode_keyword(type(self.module).__call__)
       variables = self.module.init({'params': rng, 'dropout': rng}, *self._args(batch),
                                    **_mode(keyword, False))
       return {key: value for key, value in variables.items() if key in ('params', 'batch_stats')}
     del rng  # The module is already initialized (see the module docstring).
-    _, params, _, rest = nnx.split(self.module, nnx.Param, nnx.RngState, ...)
-    return {'params': _plain(params), 'batch_stats': _plain(rest)}
+    return initial if initial is not None else self.initial_variables()
 
   def apply(self, variables: dict, batch: dict, *, train: bool, rngs: dict | None = None,
             mutable=False, capture_intermediates=False):
-    """The outputs, and with `mutable` also the updated {'batch_stats', 'intermediates'} as Linen gives."""
+    """The outputs, and with `mutable` also the updated {'batch_stats', 'intermediates'} as Linen gives.
+
+    `capture_intermediates` is Linen's: an NNX module captures none (diagnostics that need activations
+    report themselves skipped). Under pmap semantics a user's module gets a dropout key per device (the
+    zoo's layers draw partition-invariant masks from the shared key themselves).
+    """
+    axis = layers.current_data_axis()
+    if rngs and axis and not models.is_zoo(self.module):
+      rngs = {name: jax.random.fold_in(key, jax.lax.axis_index(axis)) for name, key in rngs.items()}
     if not self.is_nnx:
       keyword = _mode_keyword(type(self.module).__call__)
       variables = {key: value for key, value in variables.items() if value or key == 'params'}

@@ -23,14 +23,25 @@ from jaxtrain import models, tasks
 from jaxtrain.config import ConfigError
 from jaxtrain.model import Model, wrap
 
+OBJECT = '<object '  # How config.json records an object passed to fit(): '<object my_module.TinyNet>'.
+
 
 def is_import_path(name: str) -> bool:
-  return ':' in name and not name.startswith('tfds:')
+  return ':' in name and not name.startswith(('tfds:', OBJECT))
 
 
-def _first_line(error: Exception) -> str:
+def _passed_again(key: str, name: str, given) -> None:
+  """A config that records a passed object can be used again only with the object."""
+  if given is None and name.startswith(OBJECT):
+    kind = key.split('.')[0]
+    raise ConfigError(f'{key}={name!r} records an object passed to jaxtrain.fit; pass it again '
+                      f'({kind}=...) to use this run')
+
+
+def first_line(error: Exception) -> str:
+  """'TypeError: <the first line of its message>': a user's exception, as part of one error line."""
   text = str(error).strip().splitlines()
-  return f'{type(error).__name__}: {text[0][:200]}' if text else type(error).__name__
+  return f'{type(error).__name__}: {text[0][:200].rstrip(".")}' if text else type(error).__name__
 
 
 def import_object(key: str, path: str):
@@ -39,10 +50,10 @@ def import_object(key: str, path: str):
   try:
     obj = importlib.import_module(module_name)
   except ImportError as e:
-    raise ConfigError(f'{key}={path!r}: cannot import module {module_name!r} ({_first_line(e)}); check the '
+    raise ConfigError(f'{key}={path!r}: cannot import module {module_name!r} ({first_line(e)}); check the '
                       'name and that its folder is on PYTHONPATH') from None
   except Exception as e:  # noqa: BLE001 - the user's module failed while importing.
-    raise ConfigError(f'{key}={path!r}: importing {module_name!r} failed ({_first_line(e)})') from None
+    raise ConfigError(f'{key}={path!r}: importing {module_name!r} failed ({first_line(e)})') from None
   for part in attribute.split('.'):
     if not hasattr(obj, part):
       public = sorted(name for name in dir(obj) if not name.startswith('_'))[:12]
@@ -57,7 +68,7 @@ def _call(key: str, path: str, fn, kwargs: dict):
     return fn(**kwargs)
   except Exception as e:  # noqa: BLE001 - a user's constructor may raise anything.
     shown = {k: v for k, v in kwargs.items() if k != 'rngs'}
-    raise ConfigError(f'{key}={path!r}: calling it with {shown} failed ({_first_line(e)}); check '
+    raise ConfigError(f'{key}={path!r}: calling it with {shown} failed ({first_line(e)}); check '
                       f'{key.rsplit(".", 1)[0]}.kwargs and its signature') from None
 
 
@@ -89,6 +100,7 @@ def user_module(config, path: str):
 def model(config, head_width: int, given=None) -> Model:
   """The run's model: `given`, else the import path's module, else the zoo's (built with `head_width`)."""
   inputs = tuple(config.model.inputs)
+  _passed_again('model.name', config.model.name, given)
   if given is not None:
     return wrap(given, inputs)
   if is_import_path(config.model.name):
@@ -98,6 +110,7 @@ def model(config, head_width: int, given=None) -> Model:
 
 def task(config, given=None) -> tasks.Task:
   """The run's task: `given`, else the import path's Task (or loss function), else the zoo's."""
+  _passed_again('task.name', config.task.name, given)
   if given is None and not is_import_path(config.task.name):
     return tasks.build(config.task)
   key = 'task'
@@ -114,14 +127,15 @@ def task(config, given=None) -> tasks.Task:
 
 def data(config, given=None):
   """The run's data object (`given`, or what the import path's function returns); None for zoo names."""
+  _passed_again('data.name', config.data.name, given)
   if given is None and not is_import_path(config.data.name):
     return None
   key, obj = 'data', given
   if obj is None:
     key, obj = 'data.name', import_object('data.name', config.data.name)
-    if callable(obj) and not hasattr(obj, 'splits'):
+    if callable(obj) and (isinstance(obj, type) or not hasattr(obj, 'splits')):
       obj = _call(key, config.data.name, obj, {})
-  if not hasattr(obj, 'splits'):
+  if isinstance(obj, type) or not hasattr(obj, 'splits'):
     raise ConfigError(f'{key} is of type {type(obj).__name__}; give jaxtrain.data.Arrays(train={{...}}, '
                       'eval={...}) or a function that returns one')
   return obj
@@ -137,6 +151,7 @@ def entries(config, model_given: bool, task_given: bool) -> tuple:
 
 
 def describe(obj) -> str:
-  """'module:QualName' of an object's class: what config.json records for an object passed to fit()."""
-  kind = obj if isinstance(obj, type) or inspect.isfunction(obj) else type(obj)
-  return f'{kind.__module__}:{kind.__qualname__}'
+  """What config.json records for an object passed to fit(): '<object module.QualName>' of its class (or
+  function): enough to refuse another model class on resume, and never mistaken for an import path."""
+  kind = obj if isinstance(obj, type) or callable(obj) and hasattr(obj, '__qualname__') else type(obj)
+  return f'{OBJECT}{kind.__module__}.{kind.__qualname__}>'

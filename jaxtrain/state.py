@@ -27,11 +27,12 @@ class TrainState:
   ema: Any
 
 
-def create(model, tx: optax.GradientTransformation, example: dict, seed: int, ema: bool = False):
+def create(model, tx: optax.GradientTransformation, example: dict, seed: int, ema: bool = False,
+           initial: dict | None = None):
   """A fresh state: parameters from the model's initializers (`model.Model.init` on `example`, a batch of
-  zeros shaped like the data), optimizer state from `tx`."""
+  zeros shaped like the data) or an NNX module's `initial` variables, optimizer state from `tx`."""
   init_key, rng = jax.random.split(jax.random.PRNGKey(seed))
-  variables = model.init(init_key, example)
+  variables = model.init(init_key, example, initial)
   params = variables['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     batch_stats=variables.get('batch_stats', {}), rng=rng, skips=jnp.zeros((), jnp.int32),

@@ -116,7 +116,9 @@ def make_train_step(model, optimizer: optim.Optimizer, optim_config, nonfinite: 
     if axis:  # pmap: each device's metrics are of its slice of the batch. So are a user model's BatchNorm
       # statistics (the zoo's layers average theirs already): kept as their mean over the devices, as the
       # Flax ImageNet example's cross-replica mean does, so the state stays one replicated value.
-      task_metrics, new_batch_stats = jax.lax.pmean((task_metrics, new_batch_stats), axis)
+      task_metrics = jax.lax.pmean(task_metrics, axis)
+      new_batch_stats = jax.tree.map(
+          lambda x: jax.lax.pmean(x, axis) if jnp.issubdtype(x.dtype, jnp.floating) else x, new_batch_stats)
     updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.params)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -148,7 +148,7 @@ def test_integer_tokens_reach_nn_embed_as_integers():
       return nn.Dense(3)(nn.Embed(tokens.VOCAB, 8)(ids).mean(axis=1))
 
   arrays = {k: v.astype(np.int64) for k, v in tokens.make(128, 0).items()}
-  run = jaxtrain.fit(small_config(**{'data.normalize': ('image', 'tokens2')}), model=Embedder(),
+  run = jaxtrain.fit(small_config(**{'data.normalize': ('image',)}), model=Embedder(),
                      data=jaxtrain.data.Arrays(train=arrays, test=tokens.make(64, 1)))
   assert run.summary['steps'] == 40 and 'test/accuracy' in run.summary['final']
 
@@ -266,13 +266,65 @@ def test_a_metric_no_evaluation_reports_is_a_config_error_listing_those_it_does(
                                    eval={'tokens': np.zeros((4, 3), np.int32), 'label': np.zeros(4)})},
      r'data train= arrays have different numbers of rows'),
     ({'model': nnx.Linear(5, 3, rngs=nnx.Rngs(0))},
-     r"model '.*:Linear' fails on a batch \{'tokens': 'int32\[1, 12\]', 'label': 'int32\[1\]'\}: TypeError"),
+     r"model '<object flax.nnx.nn.linear.Linear>' fails on a batch "
+     r"\{'tokens': 'int32\[1, 12\]', 'label': 'int32\[1\]'\}: TypeError"),
 ])
 def test_objects_that_cannot_train_are_config_errors_before_any_write(tmp_path, objects, message):
   given = {'model': tokens.TokenNet(rngs=nnx.Rngs(0)), 'data': TOKENS, **objects}
   with pytest.raises(jaxtrain.ConfigError, match=message):
     jaxtrain.fit(small_config(), tmp_path / 'run', **given)
   assert not (tmp_path / 'run').exists()
+
+
+class Reshaper(nn.Module):
+  @nn.compact
+  def __call__(self, tokens):
+    return nn.Dense(3)(tokens.reshape(-1, 5))  # 12 tokens do not reshape to 5: fails while initializing.
+
+
+@pytest.mark.parametrize('given, overrides, message', [
+    ({'model': Reshaper()}, {}, r"model '<object test_open_core.Reshaper>' fails on a batch .*: ValueError: "
+                                r'cannot reshape'),
+    ({}, {'data.normalize': ('tokenz',)}, r"data.normalize=\('tokenz',\) names \['tokenz'\], which the data "
+                                          r'does not have'),
+    ({'callbacks': [print]}, {}, r'callbacks holds builtin_function_or_method, not jaxtrain.Callback'),
+    ({'model': tokens.TokenNet(rngs=nnx.Rngs(0))}, {'model.kwargs': {'width': 3}}, None),
+    ({'model': None}, {'model.name': 'mlp', 'model.kwargs': {'width': 3}},
+     r'model.kwargs=.* is only for a model named by import path'),
+])
+def test_more_mistakes_are_one_line_config_errors(tmp_path, given, overrides, message):
+  config = small_config(**overrides)
+  given = {'model': tokens.TokenNet(rngs=nnx.Rngs(0)), 'data': TOKENS, **given}
+  if message is None:  # model.kwargs beside a passed model: the object wins, as for every other key.
+    assert jaxtrain.fit(small_config(**{**overrides, 'train.num_steps': 2}), **given).summary['steps'] == 2
+    return
+  with pytest.raises(jaxtrain.ConfigError, match=message):
+    jaxtrain.fit(config, tmp_path / 'run', **given)
+  assert not (tmp_path / 'run').exists()
+
+
+def test_a_run_trained_on_objects_evaluates_only_with_them_and_callbacks_may_be_one_or_none(tmp_path):
+  config = small_config(**{'train.num_steps': 10})
+  jaxtrain.fit(config, tmp_path, model=tokens.TokenNet(rngs=nnx.Rngs(0)), data=TOKENS, callbacks=None)
+  recorded = json.loads((tmp_path / 'config.json').read_text())
+  assert recorded['model']['name'] == '<object examples.tokens.TokenNet>'
+  with pytest.raises(jaxtrain.ConfigError, match=r"data.name='<object jaxtrain.data.arrays.Arrays>' "
+                                                 r'records an object passed to jaxtrain.fit; pass it again'):
+    jaxtrain.evaluate(None, tmp_path)
+  recorder = Recorder()
+  jaxtrain.fit(config, tmp_path / 'one', model=tokens.TokenNet(rngs=nnx.Rngs(0)), data=TOKENS,
+               callbacks=recorder)
+  assert recorder.calls[-1] == ('fit_end', 10)
+
+
+def test_doctor_on_a_linen_user_model_with_dropout_registered_in_the_zoo(monkeypatch):
+  """The issue's own case: a user's Linen module under a zoo name has no `dropout` field to clone."""
+  monkeypatch.setitem(models.MODELS, 'tabular', lambda cfg, num_classes: Tabular())
+  config = small_config(**{**TABULAR_CONFIG, 'model.name': 'tabular', 'doctor.overfit_steps': 20,
+                           'doctor.lr_find_steps': 5})
+  report = jaxtrain.doctor(config, data=TABULAR)
+  status = {c['name']: c['status'] for c in report['checks']}
+  assert status['dead_relu'] == 'skipped' and status['initial_loss'] in ('pass', 'warn', 'fail')
 
 
 def test_cli_import_path_mistakes_exit_2_with_one_line_and_write_nothing(tmp_path):

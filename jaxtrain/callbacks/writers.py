@@ -88,8 +88,8 @@ class MetricWriter:
   several processes only the first writes (`primary`; the others' records are equal).
   """
 
-  def __init__(self, writers: list, logged: list[dict] = (), primary: bool = True):
-    self.writers = writers if primary else []
+  def __init__(self, writers: list, logged: list[dict] = ()):
+    self.writers = writers
     self._logged = {_kind(record) for record in logged}
 
   @classmethod
@@ -98,7 +98,7 @@ class MetricWriter:
     """metrics.jsonl, TensorBoard, the progress bar and any `extra` writers."""
     writers = [JsonlWriter(workdir), TensorBoardWriter(workdir),
                ProgressBar(total_steps, initial_step, progress_bar), *extra] if primary else []
-    return cls(writers, logged, primary)
+    return cls(writers, logged)
 
   def write(self, record: dict) -> None:
     if _kind(record) in self._logged:

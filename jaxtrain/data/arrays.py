@@ -25,8 +25,21 @@ def _split(name: str, split) -> dict:
                         'random-access source (len() and [i] -> dict), e.g. a grain.MapDataset')
     if len(split) == 0:
       raise ConfigError(f'data {name}= has no examples')
-    split = sources.read(split, example=dict)
-  arrays = {str(key): np.asarray(value) for key, value in split.items()}
+    try:
+      split = sources.read(split, example=dict)
+    except (TypeError, ValueError, KeyError) as e:
+      raise ConfigError(f'data {name}= records cannot be stacked into arrays ({type(e).__name__}: '
+                        f'{str(e).splitlines()[0][:150]}); every record must be a dict with the same keys '
+                        'and shapes') from None
+  try:
+    arrays = {str(key): np.asarray(value) for key, value in split.items()}
+  except ValueError as e:
+    raise ConfigError(f'data {name}= holds an array that is ragged ({str(e).splitlines()[0][:150]}); give '
+                      'rectangular arrays (pad sequences to one length)') from None
+  ragged = [key for key, value in arrays.items() if value.dtype == object]
+  if ragged:
+    raise ConfigError(f'data {name}= arrays {ragged} are not numeric (dtype object: ragged or mixed); give '
+                      'rectangular numeric arrays')
   if not arrays:
     raise ConfigError(f'data {name}= has no arrays; give e.g. {{"image": x, "label": y}}')
   lengths = {key: len(value) if value.ndim else 0 for key, value in arrays.items()}
@@ -73,7 +86,7 @@ class Arrays:
                         '--config.data.validation_fraction=0.1 to carve a validation split from train')
     else:
       eval_name = 'validation'
-    test = evaluation if test is None else test
+    test = evaluation if test is None else test  # The same arrays: evaluation.final_metrics reuses them.
     for name, split in (('eval', evaluation), ('test', test)):
       if set(split) != set(train):
         raise ConfigError(f'data {name}= has keys {sorted(split)} but train= has {sorted(train)}; '

@@ -29,7 +29,7 @@ def compute_stats(split: dict, max_examples: int, keys=('image',)) -> dict:
   test. Only these keys are normalized (`data.normalize`): token ids and tabular features pass as they are."""
   stats = {}
   for key in keys:
-    if key not in split:
+    if key not in split:  # 'image', the default, on data without images (build.prepare checks others).
       continue
     values = split[key][:max_examples].astype(np.float64)
     axes = tuple(range(values.ndim - 1)) or (0,)
@@ -45,7 +45,10 @@ def load_or_compute_stats(split: dict, workdir: pathlib.Path, max_examples: int,
   Only one process of a multi-process run writes them (`write`); the others compute the same numbers."""
   path = workdir / STATS_FILE
   if path.exists():
-    return json.loads(path.read_text())
+    stats = json.loads(path.read_text())
+    if 'mean' in stats:  # Written before normalization was per key: it was the images'.
+      return {'image': {'mean': stats['mean'], 'std': stats['std']}, 'num_examples': stats['num_examples']}
+    return stats
   stats = compute_stats(split, max_examples, keys)
   if write:
     path.write_text(json.dumps(stats, indent=2))

@@ -170,9 +170,11 @@ def load(config, data=None, label: str = 'label') -> Splits:
     train = builder.as_data_source(split='train')
     test = builder.as_data_source(split=source_.test_split)
   except (FileNotFoundError, KeyError, tfds.core.registered.DatasetNotFoundError) as e:
+    tfds_name = config.data.name.removeprefix('tfds:')
     raise ConfigError(
-        f'data set {config.data.name!r} is not prepared in {directory!r}; prepare it once with '
-        f'tfds.builder({config.data.name!r}, data_dir={directory!r}, file_format="array_record")'
+        f'data set {config.data.name!r} is not prepared in {directory!r} (or has no {source_.test_split!r} '
+        f'split); prepare it once with '
+        f'tfds.builder({tfds_name!r}, data_dir={directory!r}, file_format="array_record")'
         '.download_and_prepare() or point data.data_dir at a folder that has it' + source_.hint) from e
   fraction = config.data.validation_fraction
   num_val = max(1, round(fraction * len(train))) if fraction > 0 else 0

@@ -248,9 +248,10 @@ def _probe(model, optim_config, task: tasks.Task, activation: str):
   def probe(state, batch):
     grads, (loss, logits, _) = jax.grad(loss_fn, has_aux=True)(state.params, state, batch)
     _, captured = model.apply(variables(state), batch, train=True,
+                              rngs={'dropout': jax.random.fold_in(state.rng, state.step)},
                               mutable=['batch_stats', 'intermediates'],
                               capture_intermediates=stats.is_activation)
-    outputs = captured['intermediates']
+    outputs = captured.get('intermediates', {})  # None captured: no zoo activation layers.
     return {'loss': loss, 'logits': logits, 'grads': stats.layer_norms(grads),
             'weights': stats.layer_norms(state.params), 'dead': stats.dead_fractions(outputs),
             'saturated': (stats.saturated_fractions(outputs, activation)

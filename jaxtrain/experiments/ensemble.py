@@ -37,9 +37,10 @@ def _members(config, workdir: pathlib.Path) -> list[tuple]:
   return []
 
 
-def _probabilities(member_config, folder, step, stats_dir) -> tuple[dict, dict]:
-  """({split: (n, C) probabilities}, {split: (n,) labels}) of one member on the eval and test splits."""
-  exp = build.prepare(member_config, None)
+def _probabilities(member_config, folder, step, stats_dir, **objects) -> tuple[dict, dict]:
+  """({split: (n, C) probabilities}, {split: (n,) labels}) of one member on the eval and test splits;
+  `objects`: the model, data_source and task a run was trained with, passed to jaxtrain.evaluate."""
+  exp = build.prepare(member_config, None, **objects)
   if exp.program.task.name != 'classification':
     raise config_lib.ConfigError(f'ensembles average class probabilities; task.name='
                                  f"{exp.program.task.name!r} is not 'classification'")
@@ -60,14 +61,14 @@ def _probabilities(member_config, folder, step, stats_dir) -> tuple[dict, dict]:
     for batch in data.iterate(data.eval_batches(split, stats, member_config.data.eval_batch_size)):
       mask = np.asarray(batch['mask'])
       outs.append(np.asarray(predict(state, {k: jnp.asarray(v) for k, v in batch.items()}))[mask])
-      ys.append(np.asarray(batch['label'])[mask])
+      ys.append(np.asarray(batch[exp.program.task.label])[mask])
     probs[name], labels[name] = np.concatenate(outs), np.concatenate(ys)
   return probs, labels
 
 
-def ensemble_metrics(members: list[tuple]) -> dict:
+def ensemble_metrics(members: list[tuple], **objects) -> dict:
   """Ensemble and mean member metrics over `members` (see `_members`)."""
-  results = [_probabilities(*member) for member in members]
+  results = [_probabilities(*member, **objects) for member in members]
   metrics = {'ensemble/members': len(results)}
   for split in ('eval', 'test'):
     labels = results[0][1][split]
@@ -92,4 +93,4 @@ def evaluate(config, workdir: pathlib.Path, **objects) -> dict:
     return evaluation.evaluate_workdir(config, workdir, **objects)
   own = (evaluation.evaluate_workdir(config, workdir, **objects)
          if (workdir / checkpoint.CHECKPOINT_DIR).is_dir() else {})
-  return {**own, **ensemble_metrics(members)}
+  return {**own, **ensemble_metrics(members, **objects)}

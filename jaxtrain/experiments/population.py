@@ -37,7 +37,6 @@ from jaxtrain.data import augment
 
 log = logging.getLogger('jaxtrain')
 MEMBERS_DIR = 'members'
-TRAINING_DIR = 'population_checkpoints'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,9 +111,11 @@ class Members:
 
 
 @functools.lru_cache(maxsize=4)
-def _steps(model, task, optimizer, optim_config, nonfinite: str, data_config, use_ema: bool):
-  """The jitted population steps, with the engine's signatures: (members, chunk, k) -> (members, metrics),
-  each metric with a member axis; (members, batch) -> sums, one set per member."""
+def _steps(model, task, optim_config, total_steps: int, nonfinite: str, data_config, use_ema: bool):
+  """(member optimizer, train step, eval step), jitted with the engine's signatures: (members, chunk, k) ->
+  (members, metrics), each metric with a member axis; (members, batch) -> sums, one set per member. Cached
+  by its inputs (the model and task are the single run's cached objects), so a re-run compiles nothing."""
+  optimizer = member_optimizer(optim_config, total_steps)
   train_step = jax.vmap(steps.make_train_step(model, optimizer, optim_config, nonfinite, task,
                                               augment.build(data_config)), in_axes=(0, None))
 
@@ -122,7 +123,8 @@ def _steps(model, task, optimizer, optim_config, nonfinite: str, data_config, us
     new, metrics = train_step(members.states, jax.tree.map(lambda x: x[k], chunk))
     return members.replace(states=_where(members.active, new, members.states)), metrics
   eval_step = jax.vmap(steps.make_eval_step(model, task, use_ema=use_ema), in_axes=(0, None))
-  return jax.jit(step, donate_argnums=0), jax.jit(lambda members, batch: eval_step(members.states, batch))
+  return (optimizer, jax.jit(step, donate_argnums=0),
+          jax.jit(lambda members, batch: eval_step(members.states, batch)))
 
 
 def _member(tree, i: int):
@@ -133,16 +135,16 @@ def _member(tree, i: int):
 def _population_experiment(exp: build.Experiment, specs: list[dict]) -> build.Experiment:
   """`exp` with the population's program (vmapped steps, `Members` state) on one device."""
   config = exp.config
-  optimizer = member_optimizer(config.optim, exp.total_steps)
   ema = config.optim.ema_decay > 0
-  train_step, eval_step = _steps(exp.program.model, exp.program.task, optimizer,
-                                 ml_collections.FrozenConfigDict(config.optim), config.train.nonfinite,
-                                 ml_collections.FrozenConfigDict(config.data), ema and config.optim.ema_eval)
+  optimizer, train_step, eval_step = _steps(
+      exp.program.model, exp.program.task, ml_collections.FrozenConfigDict(config.optim), exp.total_steps,
+      config.train.nonfinite, ml_collections.FrozenConfigDict(config.data), ema and config.optim.ema_eval)
   create = functools.partial(state_lib.create, exp.program.model, optimizer.tx, exp.example, ema=ema)
 
-  def create_members(seed):
-    del seed  # Each member has its own (population.seed).
-    states = jax.vmap(create)(jnp.asarray([s['seed'] for s in specs]))
+  def create_members(seed, initial=None):
+    del seed  # Each member has its own (population.seed); an NNX module's `initial` weights are shared.
+    states = jax.vmap(lambda member_seed: create(member_seed, initial=initial))(
+        jnp.asarray([s['seed'] for s in specs]))
     held = {**states.opt_state[-1], 'lr': jnp.asarray([s['optim.lr'] for s in specs], jnp.float32),
             'weight_decay': jnp.asarray([s['optim.weight_decay'] for s in specs], jnp.float32)}
     return Members(states=states.replace(opt_state=(*states.opt_state[:-1], held)),
@@ -195,9 +197,12 @@ def fit_population(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   run); returns the best member's Run (summary.json lists every member). `callbacks` see the population's
   records (metrics per member, 'eval/loss/m0', ...) and its `Members` state."""
   workdir = pathlib.Path(workdir) if workdir else None
-  one = build.prepare(config, None, model=model, data_source=data_source, task=task)  # A member alone.
+  # A member alone, checked against the workdir (its config.json, and the best member's checkpoint).
+  one = build.prepare(config, workdir, model=model, data_source=data_source, task=task)
   specs = members(config)
   exp = _population_experiment(one, specs)
+  if workdir and (workdir / checkpoint.POPULATION_DIR).is_dir():
+    build.read_only(workdir / checkpoint.POPULATION_DIR, config).check_fits(jax.eval_shape(exp.new_state))
   workdir = workdir or pathlib.Path(tempfile.mkdtemp(prefix='jaxtrain-'))
   summary_path = workdir / history.SUMMARY_FILE
   if summary_path.exists() and 'members' in json.loads(summary_path.read_text()):
@@ -214,7 +219,7 @@ def fit_population(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
                                      keys=tuple(config.data.normalize))
   # The members' own checkpoints; workdir/checkpoints/ receives the best member, as a single run, at the end.
   keep_latest = ml_collections.ConfigDict({**config.checkpoint.to_dict(), 'keep_best': 0})
-  ckpt = checkpoint.Checkpointer(workdir / TRAINING_DIR, keep_latest)
+  ckpt = checkpoint.Checkpointer(workdir / checkpoint.POPULATION_DIR, keep_latest)
   past = history.read_metrics(workdir)
   try:
     restored = ckpt.restore(jax.eval_shape(exp.new_state))
@@ -224,7 +229,7 @@ def fit_population(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
     trainer = engine.Trainer(exp, workdir, restored.state if restored else exp.new_state(), start, ckpt,
                              stats, past)
     writer = MetricWriter.default(workdir, exp.total_steps, start, config.train.progress_bar, past)
-    callbacks = engine.Callbacks([MemberStopping(config, len(specs)), writers.WriteMetrics(writer),
+    callbacks = engine.CallbackList([MemberStopping(config, len(specs)), writers.WriteMetrics(writer),
                                   *callbacks, preemption.Preemption()])
     started = time.time()
     try:

@@ -37,6 +37,12 @@ class FrozenBatchStats:
   def init(self, *args, **kwargs):
     return self.model.init(*args, **kwargs)
 
+  def initial_variables(self):
+    return self.model.initial_variables()
+
+  def forward_order(self, batch: dict) -> list[str]:
+    return self.model.forward_order(batch)
+
   def apply(self, variables, *args, mutable=False, **kwargs):
     out = self.model.apply(variables, *args, mutable=mutable, **kwargs)
     if not mutable or not variables.get('batch_stats'):

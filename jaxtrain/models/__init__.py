@@ -80,9 +80,17 @@ MODELS = {'mlp': _mlp, 'cnn': _cnn, 'vgg': _vgg, 'vit': _vit, 'unet': _unet,
           **{name: _resnet(name) for name in resnet.RESNETS}}
 
 
+ZOO = (CNN, MLP, ResNet, UNet, ViT)  # The classes `MODELS` builds (vgg is a CNN).
+
+
+def is_zoo(module) -> bool:
+  """A module of the zoo's own classes: its `dropout` field and activation layers are known."""
+  return isinstance(module, ZOO)
+
+
 def build(model_config, num_classes: int) -> nn.Module:
   """The configured model; raises ConfigError for an unknown name or option."""
   return lookup(MODELS, 'model.name', model_config.name)(model_config, num_classes)
 
 
-__all__ = ['CNN', 'MLP', 'MODELS', 'ResNet', 'UNet', 'ViT', 'build']
+__all__ = ['CNN', 'MLP', 'MODELS', 'ResNet', 'UNet', 'ViT', 'ZOO', 'build', 'is_zoo']
