@@ -104,7 +104,7 @@ def _train(exp: build.Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkp
     log.info('%s is already trained to step %d; nothing to do', workdir, start)
     if summary.get('stopped_early') and summary.get('best_step') in ckpt.steps():
       state = ckpt.restore(abstract_state, summary['best_step']).state
-    return history.Run(workdir=workdir, history=past, state=state, summary=summary)
+    return history.Run(workdir=workdir, history=past, state=state, summary=summary, model=exp.program.model)
   primary = jax.process_index() == 0
   if primary:
     (workdir / build.CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + '\n')
@@ -143,7 +143,7 @@ def _train(exp: build.Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkp
     summary['stopped_early'] = True
   if primary:
     (workdir / history.SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + '\n')
-  run = history.Run(workdir=workdir, history=records, state=state, summary=summary)
+  run = history.Run(workdir=workdir, history=records, state=state, summary=summary, model=exp.program.model)
   callbacks.on_fit_end(trainer, run)
   return run
 

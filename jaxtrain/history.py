@@ -18,6 +18,12 @@ class Run:
   history: list[dict]
   state: Any
   summary: dict
+  model: Any = None  # The run's model.Model: `module()` puts the trained weights into it.
+
+  def module(self):
+    """The trained model, ready to call: a new NNX module holding the trained weights (the one passed to
+    fit is unchanged), or the Linen module bound to them."""
+    return self.model.with_variables({'params': self.state.params, 'batch_stats': self.state.batch_stats})
 
   def plot(self, path: str | pathlib.Path | None = None):
     """Loss and accuracy curves (train vs eval), saved to workdir/plots/curves.png; shows in notebooks."""

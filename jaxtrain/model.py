@@ -148,6 +148,15 @@ class Model:
     _, _, _, updated = nnx.split(module, nnx.Param, nnx.RngState, ...)
     return outputs, {'batch_stats': _plain(updated), 'intermediates': {}}
 
+  def with_variables(self, variables: dict):
+    """The module holding `variables` ({'params', 'batch_stats'}, as a TrainState has them): a new NNX
+    module (the one passed in is unchanged), or the Linen module bound to them, ready to call."""
+    if not self.is_nnx:
+      return self.module.bind({key: value for key, value in variables.items() if value or key == 'params'})
+    graphdef, params, rng_state, rest = nnx.split(self.module, nnx.Param, nnx.RngState, ...)
+    return nnx.merge(graphdef, _state(params, variables['params']), rng_state,
+                     _state(rest, variables.get('batch_stats') or {}))
+
   def forward_order(self, batch: dict) -> list[str]:
     """Module paths in the order the forward pass calls them (input first), traced without computing.
 

@@ -90,6 +90,11 @@ def test_nnx_model_on_arrays_with_a_custom_loss_and_a_callback(tmp_path):
   assert not np.allclose(run.state.params['head']['kernel'], before['head']['kernel'])
   np.testing.assert_array_equal(nnx.state(model, nnx.Param).to_pure_dict()['head']['kernel'],
                                 before['head']['kernel'])  # The module passed in is left as it was.
+  trained = run.module()  # ... and the trained one comes back as a module, ready to call.
+  trained.eval()
+  logits = trained(jnp.asarray(TOKENS.eval['tokens']))
+  accuracy = float((logits.argmax(-1) == TOKENS.eval['label']).mean())
+  assert accuracy == pytest.approx(run.summary['final']['eval/accuracy'], abs=1e-6)
   evaluated = jaxtrain.evaluate(small_config(), tmp_path, model=model, data=TOKENS, task=tokens.FOCAL)
   assert evaluated['eval/accuracy'] == pytest.approx(run.summary['final']['eval/accuracy'])
 

@@ -211,7 +211,8 @@ def fit_population(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
     ckpt = checkpoint.Checkpointer(workdir / checkpoint.CHECKPOINT_DIR, config.checkpoint, read_only=True)
     state = ckpt.restore(jax.eval_shape(one.new_state)).state
     ckpt.close()
-    return history.Run(workdir=workdir, history=history.read_metrics(workdir), state=state, summary=summary)
+    return history.Run(workdir=workdir, history=history.read_metrics(workdir), state=state, summary=summary,
+                       model=one.program.model)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / build.CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + '\n')
   log.info('Population of %d: %s', len(specs), json.dumps(specs))
@@ -268,7 +269,7 @@ def _finish(exp, config, workdir: pathlib.Path, specs: list[dict], states, stats
              'members': results, 'final': results[best]['final']}
   (workdir / history.SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + '\n')
   return history.Run(workdir=workdir, history=history.read_metrics(workdir), state=singles[best],
-                     summary=summary)
+                     summary=summary, model=exp.program.model)
 
 
 def _single(member, optimizer: optim.Optimizer):
