@@ -185,7 +185,13 @@ def load(config, data=None, label: str = 'label') -> Splits:
   else:
     evaluation = test
   example = functools.partial(source_.example, data_config=config.data)
-  train, evaluation, test = (subset(read(split, example), config.data, name, label)
+  try:
+    train, evaluation, test = (read(split, example) for split in (train, evaluation, test))
+  except ValueError as e:  # np.stack of features whose shape varies between records.
+    raise ConfigError(f'data.name={config.data.name!r} has features whose shape varies between examples '
+                      f'({str(e).splitlines()[0][:120]}); give the data as jaxtrain.data.Arrays of '
+                      'fixed-shape arrays (resize or pad them first)') from None
+  train, evaluation, test = (subset(split, config.data, name, label)
                              for split, name in ((train, 'train'), (evaluation, 'eval'), (test, 'test')))
   features = builder.info.features
   label_feature = features['label'] if 'label' in features.keys() else None

@@ -5,9 +5,12 @@ decay and seed (initialization and dropout; the data order follows `seed`, so al
 batches, which are placed once and shared). The learning rate and weight decay are arrays in the optimizer
 state, not constants of the program, so one compilation serves every member. Per-member dropout rates are
 not offered: Flax's Dropout takes its rate as a static attribute, so distinct rates would be distinct
-programs (sweep them with --mode sweep instead).
+programs (sweep them with --mode sweep instead). An NNX module arrives initialized, so its members start
+from the same weights; their seeds still give each its own dropout.
 
-A member whose loss turns non-finite, or that early stopping stops, is masked: its state stops changing
+The population trains on the engine like a single run, with a `Members` state (the members' states, which
+are active, where each stopped) checkpointed in workdir/population_checkpoints/: it resumes after a kill
+and saves on SIGTERM. A member whose loss turns non-finite, or that early stopping stops, is masked: its state stops changing
 while the others go on. At the end every member is saved as a normal run in workdir/members/m<i>/ (an
 ensemble can average them) and the best one by `checkpoint.monitor` also in workdir/checkpoints/, so
 `--mode eval` works on the population's workdir.
