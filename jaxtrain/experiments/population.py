@@ -10,10 +10,10 @@ from the same weights; their seeds still give each its own dropout.
 
 The population trains on the engine like a single run, with a `Members` state (the members' states, which
 are active, where each stopped) checkpointed in workdir/population_checkpoints/: it resumes after a kill
-and saves on SIGTERM. A member whose loss turns non-finite, or that early stopping stops, is masked: its state stops changing
-while the others go on. At the end every member is saved as a normal run in workdir/members/m<i>/ (an
-ensemble can average them) and the best one by `checkpoint.monitor` also in workdir/checkpoints/, so
-`--mode eval` works on the population's workdir.
+and saves on SIGTERM. A member whose loss turns non-finite, or that early stopping stops, is masked: its
+state stops changing while the others go on. At the end every member is saved as a normal run in
+workdir/members/m<i>/ (an ensemble can average them) and the best one by `checkpoint.monitor` also in
+workdir/checkpoints/, so `--mode eval` works on the population's workdir.
 """
 
 import dataclasses
