@@ -39,6 +39,7 @@ def small_config(**overrides):
 
 
 TOKENS = jaxtrain.data.Arrays(train=tokens.make(512, 0), eval=tokens.make(256, 1))
+TOKENS_NET = tokens.TokenNet(rngs=nnx.Rngs(0))  # One object: fits of it compile once.
 
 
 def params_hash(state) -> str:
@@ -316,9 +317,8 @@ def test_a_run_trained_on_objects_evaluates_only_with_them_and_callbacks_may_be_
   with pytest.raises(jaxtrain.ConfigError, match=r"data.name='<object jaxtrain.data.arrays.Arrays>' "
                                                  r'records an object passed to jaxtrain.fit; pass it again'):
     jaxtrain.evaluate(None, tmp_path)
-  recorder = Recorder()
-  jaxtrain.fit(config, tmp_path / 'one', model=tokens.TokenNet(rngs=nnx.Rngs(0)), data=TOKENS,
-               callbacks=recorder)
+  recorder = Recorder()  # One callback, not in a list.
+  jaxtrain.fit(config, tmp_path / 'one', model=TOKENS_NET, data=TOKENS, callbacks=recorder)
   assert recorder.calls[-1] == ('fit_end', 10)
 
 
