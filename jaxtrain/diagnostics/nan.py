@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from jaxtrain import build, checkpoint, steps
+from jaxtrain.config import ConfigError
 
 
 def replay(directory: pathlib.Path) -> str:
@@ -37,4 +38,7 @@ def replay(directory: pathlib.Path) -> str:
 if __name__ == '__main__':
   if len(sys.argv) != 2:
     sys.exit('usage: python -m jaxtrain.diagnostics.nan WORKDIR/nan_dump/step_<k>')
-  print(replay(pathlib.Path(sys.argv[1])))
+  try:
+    print(replay(pathlib.Path(sys.argv[1])))
+  except ConfigError as e:  # E.g. a run trained on objects passed to fit: they cannot be rebuilt here.
+    sys.exit(f'error: {e}')
