@@ -153,5 +153,7 @@ def entries(config, model_given: bool, task_given: bool) -> tuple:
 def describe(obj) -> str:
   """What config.json records for an object passed to fit(): '<object module.QualName>' of its class (or
   function): enough to refuse another model class on resume, and never mistaken for an import path."""
+  if hasattr(obj, 'describe') and not isinstance(obj, type):  # E.g. Arrays: its sizes and shapes too.
+    return obj.describe()
   kind = obj if isinstance(obj, type) or callable(obj) and hasattr(obj, '__qualname__') else type(obj)
   return f'{OBJECT}{kind.__module__}.{kind.__qualname__}>'

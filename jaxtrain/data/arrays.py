@@ -69,6 +69,18 @@ class Arrays:
   test: Any = None
   num_classes: int = 0
 
+  def describe(self) -> str:
+    """What config.json records as data.name: the splits' sizes, keys, dtypes and shapes (not their
+    values: cheap for any size), so a workdir refuses to resume on other arrays."""
+    def split(value) -> str:
+      if value is None or not isinstance(value, Mapping):
+        return 'none' if value is None else f'{len(value)} records'
+      arrays = {key: np.asarray(array) for key, array in sorted(value.items())}
+      rows = len(next(iter(arrays.values()))) if arrays else 0
+      return f'{rows} x ' + ', '.join(f'{k}:{a.dtype}{list(a.shape[1:])}' for k, a in arrays.items())
+    return (f'<object jaxtrain.data.Arrays train={split(self.train)}; eval={split(self.eval)}; '
+            f'test={split(self.test)}>')
+
   def splits(self, config, label: str = 'label') -> sources.Splits:
     train = _split('train', self.train)
     evaluation = None if self.eval is None else _split('eval', self.eval)
