@@ -8,6 +8,7 @@ waits on the device: the step is dispatched asynchronously and only `on_step` ho
 bookkeeping) run.
 """
 
+import functools
 import logging
 import pathlib
 import time
@@ -48,13 +49,14 @@ class CallbackList:
 
   def __init__(self, callbacks):
     self.callbacks = list(callbacks)
-    self._hooks = {hook: [getattr(c, hook) for c in self.callbacks if _defines(c, hook)] for hook in _HOOKS}
+    for hook in _HOOKS:  # Resolved once: the loop's per-step `on_step` is one call over a ready list.
+      setattr(self, hook, functools.partial(
+          _call_each, [getattr(c, hook) for c in self.callbacks if _defines(c, hook)]))
 
-  def __getattr__(self, hook: str):
-    if hook not in _HOOKS:
-      raise AttributeError(hook)
-    hooks = self._hooks[hook]
-    return lambda *args: [fn(*args) for fn in hooks]
+
+def _call_each(functions: list, *args) -> None:
+  for function in functions:
+    function(*args)
 
 
 def _defines(callback, hook: str) -> bool:

@@ -17,8 +17,8 @@ from jaxtrain.diagnostics import curves
 log = logging.getLogger('jaxtrain')
 
 
-def split_metrics(exp, state, stats: dict, split: str, prefix: str | None = None) -> dict:
-  """`{prefix/name: mean}` of the task's metrics over every example of `exp.splits.<split>` (padding masked
+def split_metrics(exp, state, stats: dict, split: str) -> dict:
+  """`{split/name: mean}` of the task's metrics over every example of `exp.splits.<split>` (padding masked
   out); sums stay on the device until one fetch at the end."""
   batches = data.eval_batches(getattr(exp.splits, split), stats, exp.config.data.eval_batch_size,
                               exp.strategy.process_shard)
@@ -26,11 +26,11 @@ def split_metrics(exp, state, stats: dict, split: str, prefix: str | None = None
   for batch in data.iterate(batches):
     sums = exp.program.eval_step(state, exp.strategy.place_batch(batch))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals, prefix = jax.device_get(totals), prefix or split
+  totals = jax.device_get(totals)
   if np.ndim(totals['count']):  # A population: one set of sums per member, reported as '<name>/m<i>'.
-    return {f'{prefix}/{key}/m{i}': value for i in range(len(totals['count']))
+    return {f'{split}/{key}/m{i}': value for i in range(len(totals['count']))
             for key, value in tasks.summarize(jax.tree.map(lambda x, i=i: x[i], totals)).items()}
-  return {f'{prefix}/{key}': value for key, value in tasks.summarize(totals).items()}
+  return {f'{split}/{key}': value for key, value in tasks.summarize(totals).items()}
 
 
 def final_metrics(exp, state, stats: dict, evaluation: dict | None = None) -> dict:

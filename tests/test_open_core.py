@@ -205,6 +205,25 @@ class StopAndSave(jaxtrain.Callback):
       trainer.stop('enough')
 
 
+class Collect:
+  """A writer of the writer interface: `write(record)` and `close()`."""
+
+  def __init__(self):
+    self.records, self.closed = [], False
+
+  def write(self, record):
+    self.records.append(record)
+
+  def close(self):
+    self.closed = True
+
+
+def test_a_writer_joins_metrics_jsonl_and_tensorboard(tmp_path):
+  collect = Collect()
+  run = jaxtrain.fit(small_config(), tmp_path, model=TOKENS_NET, data=TOKENS, writers=[collect])
+  assert collect.records == run.history and collect.closed  # Every record, test/ included, then closed.
+
+
 def test_trainer_save_and_stop(tmp_path):
   config = small_config(**{'train.num_steps': 100, 'train.eval_every_steps': 50,
                            'checkpoint.every_steps': 50})
