@@ -156,6 +156,19 @@ def read_only(directory: pathlib.Path, config) -> checkpoint.Checkpointer:
   return checkpoint.Checkpointer(directory, config.checkpoint, read_only=True)
 
 
+def trained_state(exp: 'Experiment', workdir: pathlib.Path) -> tuple[state_lib.TrainState, dict]:
+  """The newest checkpoint of a trained workdir and its normalization statistics; reads, never writes."""
+  stats_path = workdir / data.STATS_FILE
+  if not (workdir / checkpoint.CHECKPOINT_DIR).is_dir() or not stats_path.exists():
+    raise config_lib.ConfigError(f'no trained run in {str(workdir)!r}; train it first with --mode train')
+  ckpt = read_only(workdir / checkpoint.CHECKPOINT_DIR, exp.config)
+  restored = ckpt.restore(jax.eval_shape(exp.new_state))
+  ckpt.close()
+  if restored is None:
+    raise config_lib.ConfigError(f'no readable checkpoint in {str(ckpt.directory)!r}; train first')
+  return restored.state, json.loads(stats_path.read_text())
+
+
 def with_objects(config: ml_collections.ConfigDict | None, model=None, data=None, task=None):
   """A copy of `config` (the defaults when None) whose names record the objects passed in, so config.json
   says what was trained and a workdir of another model class is refused on resume."""

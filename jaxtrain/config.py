@@ -24,7 +24,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'digits'  # A zoo name, 'tfds:<any TFDS name>', or 'my_pkg.data:load' (returns an Arrays).
+  # A zoo name, 'tfds:<any TFDS name>', 'array_record:<folder>' (train*/validation*/test*.array_record
+  # written by jaxtrain.data.records.write), text: 'python_docs' or 'text:<glob>', or 'my_pkg.data:load'.
+  c.data.name = 'digits'
   c.data.data_dir = ''  # '' = TFDS's default folder under the user's home (or $TFDS_DATA_DIR).
   c.data.batch_size = 64  # Global batch size, split across devices.
   c.data.eval_batch_size = 256
@@ -39,6 +41,13 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.classes = ()  # Keep only these labels in every split (e.g. (5, 6, 7, 8, 9)); () = all.
   c.data.train_fraction = 1.0  # Train on this fraction of the training split (a fixed random subset).
   c.data.normalize = ('image',)  # Keys normalized by training-split mean/std per channel; others pass as-is.
+  # Splits decoded into memory (true), read from disk batch by batch (false: streamed), or 'auto': in memory
+  # when the decoded data fit in jaxtrain.data.sources.IN_MEMORY_BYTES.
+  c.data.in_memory = 'auto'
+  c.data.workers = 0  # Grain worker processes that read and decode streamed batches; 0 = this process.
+  # Text (data.name 'python_docs', 'text:<glob>', a TFDS text set): tokenized once into packed sequences.
+  c.data.tokenizer = 'bytes'  # bytes (built in) | sentencepiece:<model file> | huggingface:<tokenizer.json>.
+  c.data.seq_len = 128  # Tokens per packed sequence.
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'cnn'  # A zoo name, or an import path 'my_pkg.nets:TinyNet' (Linen or NNX), built ...
@@ -65,11 +74,21 @@ def defaults() -> ml_collections.ConfigDict:
   c.model.num_heads = 4  # vit: attention heads; model.width must divide by it.
   c.model.mlp_dim = 256  # vit: hidden width of each block's MLP (ViT-B: 3072 = 4 x width).
   c.model.vit_pooling = 'token'  # vit: token (class token) | avg (mean of tokens) | attention.
+  c.model.max_len = 256  # gpt: the longest sequence (learned positions, KV cache); >= data.seq_len.
+  c.model.positions = 'learned'  # gpt: learned | rotary.
+  c.model.tie_embeddings = True  # gpt: the output layer is the token embedding, transposed.
 
   c.task = ml_collections.ConfigDict()
   # classification|binary|multilabel|regression|segmentation, or 'my_pkg.losses:focal' (a Task or a loss).
   c.task.name = 'classification'
   c.task.label_smoothing = 0.0  # Softmax/sigmoid targets move this fraction towards uniform.
+
+  # --mode generate (jaxtrain/generation.py): text from a trained language model, with a KV cache.
+  c.generate = ml_collections.ConfigDict()
+  c.generate.prompt = ''
+  c.generate.max_tokens = 200
+  c.generate.temperature = 0.8  # 0 = greedy (deterministic).
+  c.generate.top_k = 0  # > 0: sample among the k likeliest tokens only.
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adam'
@@ -278,7 +297,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_range(config, ('train.num_epochs', 'train.num_steps', 'train.eval_every_steps',
                         'checkpoint.every_steps', 'optim.warmup_steps', 'optim.weight_decay',
                         'optim.l1', 'optim.l2', 'optim.clip_norm', 'optim.clip_value',
-                        'data.prefetch', 'checkpoint.keep_best', 'diagnostics.every_steps',
+                        'data.prefetch', 'checkpoint.keep_best', 'diagnostics.every_steps', 'data.workers',
+                        'generate.temperature', 'generate.top_k',
                         'early_stopping.patience', 'early_stopping.min_delta'), lambda v: v >= 0,
                'it must be >= 0')
   _check_range(config, ('optim.lr',), lambda v: v > 0, 'the learning rate must be > 0')
@@ -297,6 +317,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_range(config, ('checkpoint.mode', 'early_stopping.mode'), lambda m: m in ('min', 'max'),
                "choose 'min' or 'max'")
   _check_range(config, ('train.nonfinite',), lambda m: m in ('halt', 'skip'), "choose 'halt' or 'skip'")
+  _check_range(config, ('data.in_memory',), lambda m: m in ('auto', 'true', 'false'),
+               "choose 'auto', 'true' or 'false'")
+  _check_range(config, ('data.seq_len', 'model.max_len', 'generate.max_tokens'), lambda v: v >= 2,
+               'it must be >= 2')
   if config.data.batch_size % config.optim.accumulate_steps:
     raise ConfigError(f'data.batch_size={config.data.batch_size} does not split into '
                       f'optim.accumulate_steps={config.optim.accumulate_steps} equal micro-batches; '

@@ -91,6 +91,8 @@ class Trainer:
     self.evaluation: dict | None = None  # The eval record of the current step, when it has one.
     self._save_requested, self._pending, self.diag = False, [], None
     self._last_log = (start, time.time())  # (step, time) of the last log record, for steps/s.
+    task = exp.program.task  # A language model's examples are sequences: its throughput is in tokens too.
+    self._tokens_per_example = exp.example[task.label].shape[-1] if task.name == 'language_modeling' else 0
     self.train_data = data.train_batches(exp.splits.train, stats, self.config.data.batch_size,
                                          self.config.seed, exp.strategy.process_shard)
 
@@ -114,12 +116,17 @@ class Trainer:
     """The log record of the steps since the last one: one jitted mean and one transfer (the only sync)."""
     record = {'step': self.step, 'epoch': self.epoch, **_mean_metrics(self._pending)}
     if self.step > self._last_log[0]:
-      record['train/steps_per_sec'] = (self.step - self._last_log[0]) / (time.time() - self._last_log[1])
+      steps_per_sec = (self.step - self._last_log[0]) / (time.time() - self._last_log[1])
+      record['train/steps_per_sec'] = steps_per_sec
+      record['train/examples_per_sec'] = steps_per_sec * self.config.data.batch_size
+      if self._tokens_per_example:
+        record['train/tokens_per_sec'] = record['train/examples_per_sec'] * self._tokens_per_example
     self._pending, self._last_log = [], (self.step, time.time())
     return record
 
   def _chunks(self, restored_data: dict):
-    stream = data.train_iterator(self.train_data, restored_data)
+    stream = data.train_iterator(self.train_data, restored_data,
+                                 data.workers(self.exp.splits.train, self.config.data.workers))
     per_chunk = data.chunk_steps(self.train_data[0])
     chunks = data.prefetch(data.chunks(stream, per_chunk), self.exp.strategy.place_chunk,
                            self.config.data.prefetch)

@@ -1,7 +1,6 @@
 """Evaluation over whole splits (the task's metric sums per padded batch, added on the device, one fetch),
 of a finished workdir, and the learning-curve diagnosis of its history."""
 
-import json
 import logging
 import pathlib
 
@@ -10,8 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxtrain import build, checkpoint, data, history, tasks
-from jaxtrain.config import ConfigError
+from jaxtrain import build, data, history, tasks
 from jaxtrain.diagnostics import curves
 
 log = logging.getLogger('jaxtrain')
@@ -20,10 +18,10 @@ log = logging.getLogger('jaxtrain')
 def split_metrics(exp, state, stats: dict, split: str) -> dict:
   """`{split/name: mean}` of the task's metrics over every example of `exp.splits.<split>` (padding masked
   out); sums stay on the device until one fetch at the end."""
-  batches = data.eval_batches(getattr(exp.splits, split), stats, exp.config.data.eval_batch_size,
-                              exp.strategy.process_shard)
+  examples = getattr(exp.splits, split)
+  batches = data.eval_batches(examples, stats, exp.config.data.eval_batch_size, exp.strategy.process_shard)
   totals = None
-  for batch in data.iterate(batches):
+  for batch in data.iterate(batches, workers=data.workers(examples, exp.config.data.workers)):
     sums = exp.program.eval_step(state, exp.strategy.place_batch(batch))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
@@ -55,14 +53,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path, *
                      data_source=None, task=None) -> dict:
   """Eval- and test-split metrics of the newest checkpoint in `workdir`; writes nothing."""
   exp = build.prepare(config, workdir, model=model, data_source=data_source, task=task)
-  stats_path = workdir / data.STATS_FILE
-  if not (workdir / checkpoint.CHECKPOINT_DIR).is_dir() or not stats_path.exists():
-    raise ConfigError(f'no trained run in {str(workdir)!r}; train it first with --mode train')
-  ckpt = build.read_only(workdir / checkpoint.CHECKPOINT_DIR, config)
-  restored = ckpt.restore(jax.eval_shape(exp.new_state))
-  ckpt.close()
-  if restored is None:
-    raise ConfigError(f'no readable checkpoint in {str(ckpt.directory)!r}; train first')
-  metrics = final_metrics(exp, restored.state, json.loads(stats_path.read_text()))
-  return {'step': int(jax.device_get(restored.state.step)), **metrics,
+  state, stats = build.trained_state(exp, workdir)
+  metrics = final_metrics(exp, state, stats)
+  return {'step': int(jax.device_get(state.step)), **metrics,
           'diagnosis': diagnose(history.read_metrics(workdir))}

@@ -13,13 +13,13 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from jaxtrain import api, checkpoint, parallel
+from jaxtrain import api, checkpoint, generation, parallel
 from jaxtrain import config as config_lib
 from jaxtrain.callbacks.nonfinite import NonFiniteError
 from jaxtrain.diagnostics import doctor, lr_find
 from jaxtrain.experiments import sweep
 
-MODES = ('train', 'eval', 'doctor', 'lr_find', 'sweep')
+MODES = ('train', 'eval', 'doctor', 'lr_find', 'sweep', 'generate')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file with a get_config().')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config file stem>).')
@@ -81,6 +81,8 @@ def main(argv: list[str]) -> None:
       print(json.dumps({'suggested_lr': lr_find.lr_find(_CONFIG.value, workdir)['suggested_lr']}))
     elif _MODE.value == 'sweep':
       print(json.dumps(sweep.sweep(_CONFIG.value, workdir)['best']))
+    elif _MODE.value == 'generate':
+      print(generation.generate(_CONFIG.value, workdir))
     else:
       print(json.dumps(api.evaluate(_CONFIG.value, workdir)))
   except config_lib.ConfigError as e:

@@ -26,8 +26,12 @@ from jaxtrain.model import Model, wrap
 OBJECT = '<object '  # How config.json records an object passed to fit(): '<object my_module.TinyNet>'.
 
 
+# Names with a colon that are not import paths: data sets read by jaxtrain/data/sources.py.
+SOURCE_PREFIXES = ('tfds:', 'text:', 'array_record:')
+
+
 def is_import_path(name: str) -> bool:
-  return ':' in name and not name.startswith(('tfds:', OBJECT))
+  return ':' in name and not name.startswith((*SOURCE_PREFIXES, OBJECT))
 
 
 def _passed_again(key: str, name: str, given) -> None:

@@ -52,9 +52,9 @@ def _augmented(augment, state: TrainState, batch: dict) -> dict:
 
 
 def _train_metrics(task: tasks.Task, outputs, batch) -> dict:
-  """The task's per-example metrics as batch means (scalars only: per-class IoU sums stay for eval)."""
+  """The task's per-example metrics as batch means (the totals behind mean IoU or perplexity are for eval)."""
   sums = task.sums(outputs, batch, jnp.ones(jax.tree.leaves(batch)[0].shape[0], bool))
-  return {k: v / sums['count'] for k, v in sums.items() if k not in ('count', 'loss') and v.ndim == 0}
+  return {k: v / sums['count'] for k, v in sums.items() if k not in (*tasks.TOTALS, 'loss')}
 
 
 def make_train_step(model, optimizer: optim.Optimizer, optim_config, nonfinite: str = 'halt',

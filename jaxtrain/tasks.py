@@ -139,6 +139,50 @@ def _iou_totals(logits, batch, mask):
           'union': jnp.sum(jnp.maximum(predicted, actual) * real, axis=(0, 1, 2))}
 
 
+def _token_losses(logits, batch):
+  """Next-token cross-entropy of every position and which positions count: a target of -1 is padding or
+  the first token of another document in a packed sequence (data/text.py), which no context predicts."""
+  targets = batch['targets']
+  real = targets >= 0
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                           jnp.where(real, targets, 0))
+  return jnp.where(real, losses, 0.0), real
+
+
+def _mean_over_tokens(values, real):
+  return jnp.sum(values, axis=-1) / jnp.maximum(jnp.sum(real, axis=-1), 1)
+
+
+def _lm_loss(logits, batch, label_smoothing: float = 0.0):
+  """Per sequence: the mean next-token cross-entropy of its real targets (smoothed towards uniform)."""
+  losses, real = _token_losses(logits, batch)
+  if label_smoothing:  # The uniform part: the mean of -log p over the vocabulary.
+    uniform = -jnp.mean(jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
+    losses = (1 - label_smoothing) * losses + label_smoothing * jnp.where(real, uniform, 0.0)
+  return _mean_over_tokens(losses, real)
+
+
+def _lm_metrics(logits, batch):
+  real = batch['targets'] >= 0
+  return {'accuracy': _mean_over_tokens(jnp.argmax(logits, -1) == batch['targets'], real)}
+
+
+def _lm_totals(logits, batch, mask):
+  """The cross-entropy and the number of real targets summed over the split's tokens, so perplexity and
+  bits per token weigh every token once (a mean of per-sequence means would not)."""
+  losses, real = _token_losses(logits, batch)
+  real = real & mask[:, None]
+  return {'token_loss': jnp.sum(jnp.where(real, losses, 0.0)), 'tokens': jnp.sum(real)}
+
+
+def _check_language_model(output_shape: tuple[int, ...], num_classes: int) -> None:
+  if len(output_shape) != 2 or output_shape[-1] != num_classes:
+    raise ConfigError(
+        f"task.name='language_modeling' needs logits of shape (tokens, {num_classes}) per sequence, but the "
+        f"model gives {tuple(output_shape)}; use model.name='gpt' on text data (data.name='python_docs', "
+        "'text:<glob>')")
+
+
 def _same(num_classes: int) -> int:
   return num_classes
 
@@ -183,30 +227,41 @@ TASKS = {
     # For regression, "classes" are the targets per example.
     'regression': (_squared_error, _regression_metrics, _check_vector('regression', _same), _same, None),
     'segmentation': (_softmax_loss, _segmentation_metrics, _check_segmentation, _same, _iou_totals),
+    # "Classes" are the tokens of the vocabulary; the labels are the batch's 'targets'.
+    'language_modeling': (_lm_loss, _lm_metrics, _check_language_model, _same, _lm_totals),
 }
+
+# The batch key each task reads its targets from.
+LABELS = {'language_modeling': 'targets'}
 
 
 def build(task_config) -> Task:
   """The configured zoo task (`task.name`, `task.label_smoothing`); ConfigError for an unknown name."""
   loss_fn, metrics, check, head, totals = lookup(TASKS, 'task.name', task_config.name)
   return Task(loss=functools.partial(loss_fn, label_smoothing=task_config.label_smoothing),
-              metrics=metrics, name=task_config.name, head=head, check=check, totals=totals)
+              metrics=metrics, label=LABELS.get(task_config.name, 'label'), name=task_config.name, head=head,
+              check=check, totals=totals)
 
 
-_TOTALS = ('count', 'intersection', 'union')
+# Sums that are not per-example means: `summarize` turns them into other figures.
+TOTALS = ('count', 'intersection', 'union', 'token_loss', 'tokens')
 
 
 def summarize_keys(totals: dict) -> list[str]:
   """The names `summarize` gives for these sums."""
-  return [key for key in totals if key not in _TOTALS] + (['mean_iou'] if 'union' in totals else [])
+  return ([key for key in totals if key not in TOTALS] + (['mean_iou'] if 'union' in totals else [])
+          + (['perplexity', 'bits_per_token'] if 'tokens' in totals else []))
 
 
 def summarize(totals: dict) -> dict:
   """Summed metrics (fetched to the host) -> means per example, plus mean IoU over the classes present."""
   count = float(totals['count'])
-  means = {key: float(value) / count for key, value in totals.items() if key not in _TOTALS}
+  means = {key: float(value) / count for key, value in totals.items() if key not in TOTALS}
   if 'union' in totals:
     union = np.asarray(totals['union'], np.float64)
     present = union > 0  # A class in neither labels nor predictions says nothing about the model.
     means['mean_iou'] = float(np.mean(np.asarray(totals['intersection'])[present] / union[present]))
+  if 'tokens' in totals:
+    per_token = float(totals['token_loss']) / max(float(totals['tokens']), 1.0)
+    means['perplexity'], means['bits_per_token'] = float(np.exp(per_token)), per_token / float(np.log(2))
   return means

@@ -19,7 +19,7 @@ LAYERS = [
      'monitor', 'history', 'registry', 'diagnostics.stats', 'diagnostics.curves', 'diagnostics.training',
      'diagnostics.plots', 'experiments.transfer'],
     ['steps'],
-    ['build', 'evaluation'],
+    ['build', 'evaluation', 'generation'],
     ['engine'],
     ['callbacks'],
     ['experiments.population', 'experiments.ensemble'],

@@ -1,16 +1,19 @@
-"""Grain pipelines over in-memory splits: training-split normalization, per-epoch shuffles, padded eval.
+"""Grain pipelines over splits in memory or on disk: training-split normalization, per-epoch global
+shuffles, padded eval, worker processes.
 
-A split is decoded from TFDS once into numpy arrays (`sources.load`). The train pipeline is a random-access
-`grain.MapDataset` whose item `i` is the batch of optimizer step `i`: the order is a pure function of
-(seed, epoch) and resuming at step `s` is slicing at `s`, so the data position never has to be guessed.
-Eval batches are padded to a fixed size with a `mask`, so every example counts once and eval compiles once.
+A split is a dict of arrays (decoded once, `sources.load`) or a `records.Stream` that decodes the rows of
+each batch on demand; `gather` reads either. The train pipeline is a random-access `grain.MapDataset` whose
+item `i` is the batch of optimizer step `i`: its example indices come from Grain's global index shuffle,
+reshuffled per epoch from (seed, epoch), so resuming at step `s` is slicing at `s` and the data position
+never has to be guessed, with or without worker processes (`data.workers`: Grain's `mp_prefetch`, whose
+worker `w` makes items w, w + W, ... and whose output keeps the order). Eval batches are padded to a fixed
+size with a `mask`, so every example counts once and eval compiles once.
 
-Why not Grain's per-example `shuffle().batch()`: on a CPU host it costs 1-4 ms of Python per batch of 32
-(more than a train step of the default CNN; see benchmarks/README.md), while one vectorised permutation per
-epoch and a fancy-indexed gather cost microseconds.
+Why batches as items rather than Grain's per-example `shuffle().batch()`: on a CPU host the per-example
+chain costs 1-4 ms of Python per batch of 32 (more than a train step of the default CNN; see
+benchmarks/README.md), while a batch's indices and one fancy-indexed gather cost a fraction of that.
 """
 
-import functools
 import json
 import pathlib
 import queue
@@ -20,6 +23,9 @@ from collections.abc import Callable, Iterator
 
 import grain
 import numpy as np
+from absl import flags
+
+from jaxtrain.data import records
 
 STATS_FILE = 'normalization.json'
 
@@ -53,6 +59,13 @@ def load_or_compute_stats(split: dict, workdir: pathlib.Path, max_examples: int,
   if write:
     path.write_text(json.dumps(stats, indent=2))
   return stats
+
+
+def gather(split, indices) -> dict:
+  """The examples at `indices` of a split in memory (a fancy-indexed copy) or on disk (read and decoded)."""
+  if isinstance(split, records.Stream):
+    return split.gather(indices)
+  return {key: value[indices] for key, value in split.items()}
 
 
 def length(split: dict) -> int:
@@ -99,22 +112,21 @@ def train_batches(split: dict, stats: dict, batch_size: int, seed: int,
                   shard: tuple[int, int] = (0, 1)) -> grain.MapDataset:
   """Endless random-access stream of train batches; item `i` feeds step `i`.
 
-  Every epoch is a new permutation drawn from (seed, epoch); each epoch's remainder is dropped, so every
-  step sees a full batch and no example repeats within an epoch. With several processes, `shard=(index,
-  count)` makes a process gather and normalize only its rows of each global batch.
+  Every epoch is a new permutation from Grain's index shuffle of (seed + epoch), computed index by index
+  (no permutation of the whole split is held, whatever its size); each epoch's remainder is dropped, so
+  every step sees a full batch and no example repeats within an epoch. With several processes, `shard=(index,
+  count)` makes a process compute, gather and normalize only its rows of each global batch.
   """
   num_examples = length(split)
   steps_per_epoch = num_examples // batch_size
   normalize = _normalizer(stats)
-
-  @functools.lru_cache(maxsize=2)
-  def permutation(epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+  order = grain.MapDataset.range(num_examples).shuffle(seed=seed)  # Item e * n + i: epoch e's i-th index.
 
   def batch(step: int) -> dict:
     epoch, position = divmod(step, steps_per_epoch)
-    indices = permutation(epoch)[position * batch_size:(position + 1) * batch_size][_rows(batch_size, shard)]
-    return normalize({key: value[indices] for key, value in split.items()})
+    first = epoch * num_examples + position * batch_size
+    rows = range(first, first + batch_size)[_rows(batch_size, shard)]
+    return normalize(gather(split, np.fromiter((order[row] for row in rows), np.int64, len(rows))))
 
   return grain.MapDataset.range(sys.maxsize).map(batch)
 
@@ -132,26 +144,36 @@ def chunk_steps(batch: dict) -> int:
 
 
 def stream_state(step: int) -> dict:
-  """The Grain iterator state of the train stream when `step` steps are done (checkpointed with the state).
+  """The state of the train stream when `step` steps are done (checkpointed with the state), in the form of
+  Grain's own iterator state.
 
-  The stream is step-indexed, so the state is a pure function of the step; it is still saved, in Grain's
-  own format, so a checkpoint says where its data stands without knowing how the loop counts.
+  The stream is step-indexed, so the state is a pure function of the step, the same with any number of
+  worker processes (whose own states would tie a checkpoint to that number); it is still saved, so a
+  checkpoint says where its data stands without knowing how the loop counts.
   """
   return {'next_index': step}
 
 
-def train_iterator(batches: grain.MapDataset, state: dict) -> Iterator[dict]:
-  """Iterates the train stream from a Grain iterator state (`stream_state`, or one read from a checkpoint)."""
-  iterator = iter(batches.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
-  iterator.set_state(state)
-  return iterator
+def train_iterator(batches: grain.MapDataset, state: dict, workers: int = 0) -> Iterator[dict]:
+  """Iterates the train stream from a Grain iterator state (`stream_state`, or one read from a checkpoint),
+  with `workers` processes making the batches."""
+  return iterate(batches, state['next_index'], workers)
 
 
 def chunks(batches: Iterator[dict], steps: int) -> Iterator[dict]:
   """Stacks each `steps` consecutive batches along a new leading axis, to move them in one transfer."""
-  while True:
-    items = [next(batches) for _ in range(steps)]
-    yield {key: np.stack([item[key] for item in items]) for key in items[0]}
+  try:
+    while True:
+      items = [next(batches) for _ in range(steps)]
+      yield {key: np.stack([item[key] for item in items]) for key in items[0]}
+  finally:
+    _close(batches)
+
+
+def _close(iterator: Iterator) -> None:
+  """Closes a generator (or a Grain iterator with worker processes); other iterators need nothing."""
+  if hasattr(iterator, 'close'):
+    iterator.close()
 
 
 def eval_batches(split: dict, stats: dict, batch_size: int,
@@ -162,7 +184,8 @@ def eval_batches(split: dict, stats: dict, batch_size: int,
   normalize = _normalizer(stats)
 
   def batch(index: int) -> dict:
-    chunk = normalize({k: v[index * batch_size:(index + 1) * batch_size] for k, v in split.items()})
+    chunk = normalize(gather(split, np.arange(index * batch_size, min((index + 1) * batch_size,
+                                                                       num_examples))))
     size = length(chunk)
     padded = {k: np.pad(v, [(0, batch_size - size)] + [(0, 0)] * (v.ndim - 1)) for k, v in chunk.items()}
     padded['mask'] = np.arange(batch_size) < size
@@ -171,9 +194,30 @@ def eval_batches(split: dict, stats: dict, batch_size: int,
   return grain.MapDataset.range(-(-num_examples // batch_size)).map(batch)
 
 
-def iterate(dataset: grain.MapDataset, start: int = 0) -> Iterator[dict]:
-  """Iterates from item `start`. Batches are cheap gathers, so no read threads are needed."""
-  return iter(dataset[start:].to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
+def workers(split, requested: int) -> int:
+  """Worker processes for a split's batches (`data.workers`): only a streamed split uses them; gathering
+  from memory costs less than sending the arrays to other processes."""
+  return requested if isinstance(split, records.Stream) else 0
+
+
+# Batches each worker makes ahead of the one being consumed: bounded, so memory does not grow with the data.
+_WORKER_BUFFER = 2
+
+
+def iterate(dataset: grain.MapDataset, start: int = 0, workers: int = 0) -> Iterator[dict]:
+  """Iterates from item `start`, in this process or in `workers` Grain worker processes (for decoding that
+  costs more than a gather from memory: JPEGs, resizing). Close the generator to stop the workers."""
+  items = dataset[start:].to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  if workers:
+    if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; a notebook or test never parses them.
+      flags.FLAGS.mark_as_parsed()
+    items = items.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                           per_worker_buffer_size=_WORKER_BUFFER))
+  iterator = iter(items)
+  try:
+    yield from iterator
+  finally:
+    _close(iterator)
 
 
 def prefetch(batches: Iterator[dict], place: Callable[[dict], dict], size: int) -> Iterator:
@@ -184,7 +228,10 @@ def prefetch(batches: Iterator[dict], place: Callable[[dict], dict], size: int) 
   call when the interpreter exits (daemon threads are killed mid-call, and XLA aborts the process).
   """
   if size == 0:
-    yield from map(place, batches)
+    try:
+      yield from map(place, batches)
+    finally:
+      _close(batches)
     return
   buffer = queue.Queue(maxsize=size)
   done = object()
@@ -199,6 +246,8 @@ def prefetch(batches: Iterator[dict], place: Callable[[dict], dict], size: int) 
       buffer.put(done)
     except BaseException as e:  # Handed to the consumer, which raises it.
       buffer.put(e)
+    finally:
+      _close(batches)  # Stops the data workers, from the thread that iterated them.
 
   producer = threading.Thread(target=produce, daemon=True)
   producer.start()

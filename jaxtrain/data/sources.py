@@ -1,23 +1,27 @@
-"""Data sets read into memory as splits of arrays with any keys: the zoo's names, any TFDS data set as
-'tfds:<name>', or a user's `Arrays` (data/arrays.py).
+"""Data sets by name as splits with any keys: the zoo's names, any TFDS data set as 'tfds:<name>', the
+user's own ArrayRecord files ('array_record:<folder>', `RecordFiles`), text ('python_docs', 'text:<glob>',
+TFDS text sets; data/text.py), or a user's `Arrays` (data/arrays.py).
 
 The only module that talks to TFDS. Adding a named data set means adding one `Source` to `DATASETS`; the
-validation split is carved here, deterministically, from the end of the train split. Splits are decoded
-once, which suits data sets up to a few GB (digits, MNIST, CIFAR); ImageNet (~190 GB decoded at 224x224)
-needs a streaming pipeline before it can train at full size.
+validation split is carved here, deterministically, from the end of the train split. Every split starts as
+a `records.Stream` over its records; `data.in_memory` then decodes it once into arrays (fast gathers, for
+data up to a few GB: digits, MNIST, CIFAR) or leaves it on disk, read batch by batch (ImageNet is about
+190 GB decoded at 224x224).
 """
 
 import dataclasses
 import functools
+import glob
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
 from jaxtrain.config import ConfigError, lookup
+from jaxtrain.data import records, text
 from jaxtrain.data.digits import Digits
 
 log = logging.getLogger('jaxtrain')
@@ -27,9 +31,9 @@ log = logging.getLogger('jaxtrain')
 class Splits:
   """The splits one run reads, as arrays. `eval` is validation when carved, else test."""
 
-  train: dict
-  eval: dict
-  test: dict
+  train: dict | records.Stream
+  eval: dict | records.Stream
+  test: dict | records.Stream
   eval_name: str  # 'validation' or 'test'.
   num_classes: int  # Of integer labels (the zoo's heads are built with it); 0 when there are none.
 
@@ -139,6 +143,10 @@ def subset(split: dict, data_config, name: str, label: str = 'label') -> dict:
   """The examples of `data.classes` (labels kept as they are); for the train split, a fixed random
   `data.train_fraction` of them (transfer learning with little data)."""
   keep = np.ones(len(next(iter(split.values()))), bool)
+  if data_config.classes and isinstance(split, records.Stream):
+    raise ConfigError(f'data.classes={tuple(data_config.classes)} needs every label, which streamed data '
+                      'does not read ahead; set --config.data.in_memory=true, or write records of those '
+                      'classes only')
   if data_config.classes:
     keep = np.isin(split[label], data_config.classes)
   indices = np.flatnonzero(keep)
@@ -148,7 +156,11 @@ def subset(split: dict, data_config, name: str, label: str = 'label') -> dict:
   if len(indices) == 0:
     raise ConfigError(f'data.classes={tuple(data_config.classes)} and data.train_fraction='
                       f'{data_config.train_fraction} leave no {name} example; check the labels')
-  return split if len(indices) == len(keep) else {k: v[indices] for k, v in split.items()}
+  if len(indices) == len(keep):
+    return split
+  if isinstance(split, records.Stream):
+    return split.take(indices)
+  return {key: value[indices] for key, value in split.items()}
 
 
 def source(name: str) -> Source:
@@ -158,21 +170,121 @@ def source(name: str) -> Source:
   return lookup(DATASETS, 'data.name', name)
 
 
+# data.in_memory='auto' decodes the splits into memory when they take at most this much together.
+IN_MEMORY_BYTES = 1 << 30
+
+
+def place(splits: Splits, data_config, label: str = 'label') -> Splits:
+  """Decodes streamed splits into memory, or leaves them on disk (`data.in_memory`), then keeps the
+  examples `subset` keeps. The eval split may be the test split (one object): it is read once."""
+  streams = {name: getattr(splits, name) for name in ('train', 'eval', 'test')}
+  size = sum(split.nbytes for split in {id(s): s for s in streams.values()}.values()
+             if isinstance(split, records.Stream))
+  in_memory = data_config.in_memory == 'true' or (data_config.in_memory == 'auto'
+                                                  and size <= IN_MEMORY_BYTES)
+  if size and not in_memory:
+    log.info('Streaming %s (%.1f GB decoded) from disk with %d worker process(es)', data_config.name,
+             size / 1e9, data_config.workers)
+  read = {}
+  for name, split in streams.items():
+    if in_memory and isinstance(split, records.Stream):
+      split = read.setdefault(id(split), split.read())
+    streams[name] = subset(split, data_config, name, label)
+  return dataclasses.replace(splits, **streams)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RecordFiles:
+  """A user's own ArrayRecord files per split (paths or glob patterns), written with
+  `jaxtrain.data.records.write`: records are read lazily, so the data may be larger than memory. Without
+  `eval`, `data.validation_fraction` carves one from the end of `train`, else `test` is used."""
+
+  train: str | Sequence[str]
+  eval: str | Sequence[str] | None = None
+  test: str | Sequence[str] | None = None
+  num_classes: int = 0  # 0: max integer label + 1, read once from the train records.
+
+  def describe(self) -> str:
+    return f'<object jaxtrain.data.RecordFiles train={self.train!r}; eval={self.eval!r}; test={self.test!r}>'
+
+  def splits(self, config, label: str = 'label') -> Splits:
+    train = records.Stream.of_files(_paths('train', self.train), 'train')
+    evaluation = self.eval and records.Stream.of_files(_paths('eval', self.eval), 'eval')
+    test = self.test and records.Stream.of_files(_paths('test', self.test), 'test')
+    fraction, eval_name = config.data.validation_fraction, 'validation'
+    if not evaluation and fraction > 0:
+      num_val = max(1, round(fraction * len(train)))
+      train, evaluation = train.take(np.arange(len(train) - num_val)), train.take(
+          np.arange(len(train) - num_val, len(train)))
+    elif not evaluation and test:
+      evaluation, eval_name = test, 'test'
+    elif not evaluation:
+      raise ConfigError('RecordFiles has neither eval= nor test= files; pass one, or set '
+                        '--config.data.validation_fraction=0.1 to carve a validation split from train')
+    num_classes = self.num_classes
+    if not num_classes and label in train.first and np.issubdtype(train[label].dtype, np.integer):
+      num_classes = int(np.max(train[label])) + 1
+    return place(Splits(train=train, eval=evaluation, test=test or evaluation, eval_name=eval_name,
+                        num_classes=num_classes), config.data, label)
+
+
+def _paths(split: str, pattern: str | Sequence[str]) -> list[str]:
+  """Files of a split: a list of paths, or a glob pattern; a ConfigError when there are none."""
+  paths = sorted(glob.glob(os.path.expanduser(pattern))) if isinstance(pattern, str) else list(pattern)
+  if not paths:
+    raise ConfigError(f'the {split} records {pattern!r} match no file; give ArrayRecord files written with '
+                      'jaxtrain.data.records.write')
+  return paths
+
+
+def _record_folder(folder: str) -> RecordFiles:
+  """'array_record:<folder>': train*.array_record, and validation* (else test*) files as the eval split."""
+  def files(prefix: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(os.path.expanduser(folder), f'{prefix}*.array_record')))
+  if not files('train'):
+    raise ConfigError(f"data.name='array_record:{folder}' has no train*.array_record file; write the splits "
+                      'there with jaxtrain.data.records.write (train, validation, test)')
+  return RecordFiles(train=files('train'), eval=files('validation') or None, test=files('test') or None)
+
+
+def _text(config, name: str) -> Splits:
+  """A text corpus tokenized once into packed sequences of `data.seq_len` tokens (data/text.py)."""
+  prepared = text.prepare(name, data_dir(config), config.data.tokenizer, config.data.seq_len,
+                          config.data.validation_fraction)
+  train, evaluation = (records.Stream.of_files(prepared.train, 'train'),
+                       records.Stream.of_files(prepared.eval, prepared.eval_name))
+  test = evaluation if prepared.test == prepared.eval else records.Stream.of_files(prepared.test, 'test')
+  return place(Splits(train=train, eval=evaluation, test=test, eval_name=prepared.eval_name,
+                      num_classes=prepared.vocab_size), config.data, label='targets')
+
+
+def is_text(name: str) -> bool:
+  """Whether `data.name` names text, read by data/text.py (a TFDS name is text when its features are)."""
+  return name == 'python_docs' or name.startswith('text:')
+
+
 def load(config, data=None, label: str = 'label') -> Splits:
   """The splits of `data` (an object with `.splits(config, label)`, such as `Arrays`), or else of the
-  configured data set, opened (prepared if needed) and decoded into arrays."""
+  configured data set, opened (prepared if needed), in memory or streamed (`data.in_memory`)."""
   if data is not None:
     return data.splits(config, label)
-  source_ = source(config.data.name)
+  name = config.data.name
+  if is_text(name):
+    return _text(config, name)
+  if name.startswith('array_record:'):
+    return _record_folder(name[len('array_record:'):]).splits(config, label)
+  source_ = source(name)
   directory = data_dir(config)
   try:
     builder = source_(directory)
+    if name.startswith('tfds:') and text.is_text(builder):
+      return _text(config, name)
     train = builder.as_data_source(split='train')
     test = builder.as_data_source(split=source_.test_split)
   except (FileNotFoundError, KeyError, tfds.core.registered.DatasetNotFoundError) as e:
-    tfds_name = config.data.name.removeprefix('tfds:')
+    tfds_name = name.removeprefix('tfds:')
     raise ConfigError(
-        f'data set {config.data.name!r} is not prepared in {directory!r} (or has no {source_.test_split!r} '
+        f'data set {name!r} is not prepared in {directory!r} (or has no {source_.test_split!r} '
         f'split); prepare it once with '
         f'tfds.builder({tfds_name!r}, data_dir={directory!r}, file_format="array_record")'
         '.download_and_prepare() or point data.data_dir at a folder that has it' + source_.hint) from e
@@ -182,19 +294,12 @@ def load(config, data=None, label: str = 'label') -> Splits:
     num_train = len(train) - num_val
     train, evaluation = (builder.as_data_source(split=f'train[:{num_train}]'),
                          builder.as_data_source(split=f'train[{num_train}:]'))
-  else:
-    evaluation = test
   example = functools.partial(source_.example, data_config=config.data)
-  try:
-    train, evaluation, test = (read(split, example) for split in (train, evaluation, test))
-  except ValueError as e:  # np.stack of features whose shape varies between records.
-    raise ConfigError(f'data.name={config.data.name!r} has features whose shape varies between examples '
-                      f'({str(e).splitlines()[0][:120]}); give the data as jaxtrain.data.Arrays of '
-                      'fixed-shape arrays (resize or pad them first)') from None
-  train, evaluation, test = (subset(split, config.data, name, label)
-                             for split, name in ((train, 'train'), (evaluation, 'eval'), (test, 'test')))
+  test = records.Stream(test, example, name='test')
+  evaluation = records.Stream(evaluation, example, name='eval') if num_val else test
+  train = records.Stream(train, example, name='train')
   features = builder.info.features
   label_feature = features['label'] if 'label' in features.keys() else None
-  return Splits(train=train, eval=evaluation, test=test,
-                eval_name='validation' if num_val > 0 else 'test',
-                num_classes=source_.num_classes or getattr(label_feature, 'num_classes', 0) or 0)
+  num_classes = source_.num_classes or getattr(label_feature, 'num_classes', 0) or 0
+  return place(Splits(train=train, eval=evaluation, test=test, eval_name='validation' if num_val else 'test',
+                      num_classes=num_classes), config.data, label)

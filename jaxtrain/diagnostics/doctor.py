@@ -56,6 +56,7 @@ def chance_loss(task_name: str, num_classes: int) -> float | None:
   """The loss of a model that finds every answer equally likely (note 003: log C for a softmax over C
   classes; log 2 per label for sigmoid tasks); None for regression, whose loss has no chance level."""
   return {'classification': math.log(num_classes), 'segmentation': math.log(num_classes),
+          'language_modeling': math.log(num_classes),  # Uniform over the vocabulary.
           'binary': math.log(2), 'multilabel': math.log(2)}.get(task_name)
 
 
@@ -319,16 +320,16 @@ def _checks(exp, m: dict, history: list[dict]) -> list[Check]:
   init = m['moments']['at init']
   chance = chance_loss(task.name, splits.num_classes)
   activation = config.model.activation
-  labels = splits.train[task.label]
   checks = [check_initial_loss(init['loss'], chance) if chance else skipped(
       'initial_loss', f'no chance loss is known for the {task.name!r} task (the zoo\'s classification, '
-      'binary, multilabel and segmentation tasks have one)')]
+      'binary, multilabel, segmentation and language_modeling tasks have one)')]
   if task.check and isinstance(init['logits'], np.ndarray):
     checks.append(check_output_layer(init['logits'], splits.num_classes, task))
   else:
     checks.append(skipped('output_layer', 'the task is not one of the zoo\'s, so the expected outputs are '
                                           'unknown'))
   if task.name in ('classification', 'binary', 'segmentation'):  # One class per example (or pixel).
+    labels = np.asarray(splits.train[task.label])
     checks += [check_labels(labels, splits.num_classes), check_class_balance(labels, splits.num_classes)]
   if m['probe_images'] is not None:
     checks += [check_finite_inputs(m['probe_images']), check_input_scale(m['probe_images'])]

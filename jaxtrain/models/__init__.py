@@ -1,14 +1,16 @@
 """Models by name. A new model is one entry in `MODELS`: a function (model config, num_classes) -> module.
 
-Every model takes (x, train) and returns float32 logits; options are checked here, when the model is built,
-so a bad name fails before anything is compiled.
+Every model takes (x, train) and returns float32 logits (gpt takes (tokens, segments, positions, train) and
+its "classes" are the vocabulary); options are checked here, when the model is built, so a bad name fails
+before anything is compiled.
 """
 
 import flax.linen as nn
 
 from jaxtrain.config import ConfigError, lookup
-from jaxtrain.models import layers, resnet, vit
+from jaxtrain.models import gpt, layers, resnet, vit
 from jaxtrain.models.classifiers import CNN, MLP
+from jaxtrain.models.gpt import GPT
 from jaxtrain.models.resnet import ResNet
 from jaxtrain.models.unet import UNet
 from jaxtrain.models.vit import ViT
@@ -70,17 +72,27 @@ def _vit(cfg, num_classes: int) -> nn.Module:
              pooling=cfg.vit_pooling, **_layer_options(cfg))
 
 
+def _gpt(cfg, num_classes: int) -> nn.Module:
+  lookup(gpt.POSITIONS, 'model.positions', cfg.positions)  # The other options are checked on the tokens.
+  options = _layer_options(cfg)
+  if cfg.kernel_init == 'auto':  # GPT-2's N(0, 0.02), which its embeddings use too.
+    options['kernel_init'] = nn.initializers.normal(0.02)
+  return GPT(num_classes=num_classes, max_len=cfg.max_len, width=cfg.width, num_layers=cfg.num_layers,
+             num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim, positions=cfg.positions,
+             tie_embeddings=cfg.tie_embeddings, **options)
+
+
 def _unet(cfg, num_classes: int) -> nn.Module:
   lookup(layers.POOLINGS, 'model.pooling', cfg.pooling)
   return UNet(num_classes=num_classes, kernel_size=cfg.kernel_size, spatial_dropout=cfg.spatial_dropout,
               pooling=cfg.pooling, **_common(cfg))
 
 
-MODELS = {'mlp': _mlp, 'cnn': _cnn, 'vgg': _vgg, 'vit': _vit, 'unet': _unet,
+MODELS = {'mlp': _mlp, 'cnn': _cnn, 'vgg': _vgg, 'vit': _vit, 'unet': _unet, 'gpt': _gpt,
           **{name: _resnet(name) for name in resnet.RESNETS}}
 
 
-ZOO = (CNN, MLP, ResNet, UNet, ViT)  # The classes `MODELS` builds (vgg is a CNN).
+ZOO = (CNN, GPT, MLP, ResNet, UNet, ViT)  # The classes `MODELS` builds (vgg is a CNN).
 
 
 def is_zoo(module) -> bool:
@@ -93,4 +105,4 @@ def build(model_config, num_classes: int) -> nn.Module:
   return lookup(MODELS, 'model.name', model_config.name)(model_config, num_classes)
 
 
-__all__ = ['CNN', 'MLP', 'MODELS', 'ResNet', 'UNet', 'ViT', 'ZOO', 'build', 'is_zoo']
+__all__ = ['CNN', 'GPT', 'MLP', 'MODELS', 'ResNet', 'UNet', 'ViT', 'ZOO', 'build', 'is_zoo']
