@@ -22,13 +22,14 @@ from jaxtrain import data
 WARMUP_STEPS = 50
 
 
-def input_wait(bench) -> dict:
+def input_wait(bench, workers: int = 0) -> dict:
   """Over `bench.num_steps` steps (after compilation and a warm-up), as shares of the wall time: the time
   blocked in `next(chunks)`, and the part of it the device was idle for (lower and upper bound).
-  `bench` is a benchmarks/run.py `Bench`."""
+  `bench` is a benchmarks/run.py `Bench` (or anything with its `config`, `num_steps`, `train_data` and
+  `jaxtrain_program()`); `workers` Grain processes make the batches, as data.workers does in fit."""
   strategy, new_state, train_step = bench.jaxtrain_program()
   per_chunk = data.chunk_steps(bench.train_data[0])
-  stream = data.train_iterator(bench.train_data, data.stream_state(0))
+  stream = data.train_iterator(bench.train_data, data.stream_state(0), workers)
   chunks = data.prefetch(data.chunks(stream, per_chunk), strategy.place_chunk, bench.config.data.prefetch)
   state, metrics, chunk, in_chunk = new_state(), None, None, per_chunk
   waited = idle_all = idle_part = 0.0

@@ -6,8 +6,8 @@
 
 The corpus is `pydoc_data.topics` (the text of `help()`'s topics, ~465 KB, part of every CPython install),
 tokenized once into bytes and packed into sequences of 128 tokens; the last tenth is validation. Expected:
-see the README's language-model section for the measured validation perplexity and wall time on 2 CPU
-cores (chance is 257, the vocabulary).
+validation perplexity about 3.7 (1.9 bits per byte; chance is 257, the vocabulary) after 1,000 steps, in
+about 6 minutes on 2 CPU cores (measured 2026-12-01: 3.72, 6 min 33 s for the whole command).
 """
 
 from jaxtrain import config as config_lib
@@ -43,4 +43,5 @@ def get_config():
   config.train.eval_every_steps = 250
   config.train.log_every_steps = 100
   config.checkpoint.every_steps = 250
+  config.generate.max_tokens = 100  # With the prompt, at most model.max_len tokens.
   return config

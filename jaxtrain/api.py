@@ -12,7 +12,6 @@ snapshots) are dispatched here exactly as the CLI does.
 import json
 import logging
 import pathlib
-import tempfile
 import time
 
 import jax
@@ -38,9 +37,9 @@ log = logging.getLogger('jaxtrain')
 
 def fit(config: ml_collections.ConfigDict | None = None, workdir: str | pathlib.Path | None = None, *,
         model=None, data=None, task=None, callbacks=(), writers=()) -> history.Run:
-  """Trains the configured run in `workdir` (a temporary directory when None), resuming from its newest
-  readable checkpoint (or `checkpoint.restore_from`) when there is one; a fresh run starts from
-  `init_from`'s matching weights when set. `config=None` means the defaults.
+  """Trains the configured run in `workdir` (a temporary directory when None, removed when Python exits),
+  resuming from its newest readable checkpoint (or `checkpoint.restore_from`) when there is one; a fresh run
+  starts from `init_from`'s matching weights when set. `config=None` means the defaults.
 
   `model`: a flax.linen or flax.nnx Module; `data`: a `jaxtrain.data.Arrays` (or any object with its
   `splits(config, label)`); `task`: a `jaxtrain.Task` or a loss function; `callbacks`: `jaxtrain.Callback`s;
@@ -60,7 +59,7 @@ def fit(config: ml_collections.ConfigDict | None = None, workdir: str | pathlib.
   parallel.barrier('jaxtrain:data')
   exp = build.prepare(config, workdir, model=model, data_source=data, task=task)
   parallel.barrier('jaxtrain:prepared')  # Every process has seen the workdir as it was before the run.
-  workdir = workdir or pathlib.Path(tempfile.mkdtemp(prefix='jaxtrain-'))
+  workdir = workdir or build.temporary_workdir()
   workdir.mkdir(parents=True, exist_ok=True)
   ckpt = checkpoint.Checkpointer(workdir / checkpoint.CHECKPOINT_DIR, config.checkpoint)
   try:
@@ -102,6 +101,11 @@ def _train(exp: build.Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkp
   summary = _finished(workdir, start, exp.total_steps)
   if summary:
     log.info('%s is already trained to step %d; nothing to do', workdir, start)
+    changes = build.config_changes(config, workdir)
+    if changes:
+      log.warning('%s was trained with other settings than this config (%s), which are not applied: the '
+                  'results shown are the finished run\'s. Use a new --workdir to train with them, or raise '
+                  'train.num_steps / train.num_epochs to continue this run', workdir, ', '.join(changes))
     if summary.get('stopped_early') and summary.get('best_step') in ckpt.steps():
       state = ckpt.restore(abstract_state, summary['best_step']).state
     return history.Run(workdir=workdir, history=past, state=state, summary=summary, model=exp.program.model)
@@ -143,6 +147,7 @@ def _train(exp: build.Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkp
     summary['stopped_early'] = True
   if primary:
     (workdir / history.SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + '\n')
+    history.plot_history(records, workdir / history.CURVES_FILE)
   run = history.Run(workdir=workdir, history=records, state=state, summary=summary, model=exp.program.model)
   callbacks.on_fit_end(trainer, run)
   return run

@@ -5,11 +5,14 @@ workdir holding another run) is checked here, before the workdir is touched, so 
 an existing run. `prepare` is what `fit`, `evaluate`, the doctor, the LR finder and the experiments build on.
 """
 
+import atexit
 import dataclasses
 import functools
 import json
 import logging
 import pathlib
+import shutil
+import tempfile
 from collections.abc import Callable
 
 import jax
@@ -64,7 +67,8 @@ def _program_config(config: ml_collections.ConfigDict, model_given: bool) -> ml_
       'seed': config.seed if built_from_path else 0,
       'model': config.model, 'optim': config.optim, 'task': config.task,
       'data': {key: config.data[key] for key in augment.CONFIG_KEYS},
-      'train': {'nonfinite': config.train.nonfinite}, 'diagnose': config.diagnostics.every_steps > 0})
+      'train': {key: config.train[key] for key in ('nonfinite', 'max_consecutive_skips')},
+      'diagnose': config.diagnostics.every_steps > 0})
 
 
 def _spec(example: dict) -> tuple:
@@ -88,7 +92,7 @@ def _program(config: ml_collections.FrozenConfigDict, given_model: _Same | None,
   ema = config.optim.ema_decay > 0
   augment_fn = augment.build(config.data)
   make_step = functools.partial(steps.make_train_step, model, optimizer, config.optim, config.train.nonfinite,
-                                task, augment_fn)
+                                task, augment_fn, max_skips=config.train.max_consecutive_skips)
   example = {key: np.zeros((1, *shape), dtype) for key, shape, dtype in spec}
   create = functools.partial(state_lib.create, model, optimizer.tx, example, ema=ema)
   abstract_state = jax.eval_shape(create, 0)
@@ -133,7 +137,7 @@ class Experiment:
 
 # Keys that define what a workdir's checkpoints and normalization.json are: a run resumes only with the same.
 _RUN_DEFINING = ('seed', 'model.', 'data.name', 'data.batch_size', 'data.validation_fraction',
-                 'data.stats_max_examples', 'data.normalize', 'population.')
+                 'data.stats_max_examples', 'data.normalize', 'data.seq_len', 'data.tokenizer', 'population.')
 
 
 def _check_resumable(config: ml_collections.ConfigDict, workdir: pathlib.Path, detail: str = '') -> None:
@@ -150,6 +154,31 @@ def _check_resumable(config: ml_collections.ConfigDict, workdir: pathlib.Path, d
       raise config_lib.ConfigError(
           f'{workdir} holds a run with {key}={before[key]!r}, this config has {now[key]!r}'
           f'{f" ({detail})" if detail else ""}; use another --workdir to start a new run')
+
+
+# Keys that change how a run is watched or where it reads from, not what it trains.
+_PRESENTATION = ('train.progress_bar', 'data.data_dir', 'data.workers', 'data.prefetch', 'data.in_memory',
+                 'compile_cache.', 'generate.')
+
+
+def config_changes(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[str]:
+  """'key=stored -> now' for every setting of `config` that differs from the workdir's config.json."""
+  path = workdir / CONFIG_FILE
+  if not path.exists():
+    return []
+  before = config_lib.flatten(json.loads(path.read_text()))
+  now = config_lib.flatten(json.loads(json.dumps(config.to_dict())))
+  return [f'{key}={before.get(key)!r} -> {now[key]!r}' for key in sorted(now)
+          if before.get(key) != now[key] and not key.startswith(_PRESENTATION)]
+
+
+def temporary_workdir() -> pathlib.Path:
+  """A workdir for a run given none (fit(config) in a notebook): removed when Python exits, and said so."""
+  workdir = pathlib.Path(tempfile.mkdtemp(prefix='jaxtrain-'))
+  atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+  log.warning('Working in the temporary directory %s, removed when Python exits; pass a workdir to keep it',
+              workdir)
+  return workdir
 
 
 def read_only(directory: pathlib.Path, config) -> checkpoint.Checkpointer:
@@ -236,6 +265,21 @@ def _check_task(program: Program, outputs, example: dict, num_classes: int) -> t
                                  f'{registry.first_line(e)}; check that they take (outputs, batch)') from None
 
 
+def _warn_traps(config: ml_collections.ConfigDict, example: dict) -> None:
+  """Settings that are valid but that a newcomer rarely means: said once in the log, the run goes on."""
+  if config.optim.name == 'adadelta' and config.optim.lr < 0.1:
+    log.warning("optim.name='adadelta' with optim.lr=%g barely trains: Adadelta scales its steps by its own "
+                'running averages and is meant for a rate of about 1; set --config.optim.lr=1.0',
+                config.optim.lr)
+  if config.data.augment in ('crop', 'crop_flip') and 'image' in example:
+    side = min(example['image'].shape[1:3])
+    if config.data.crop_padding / side > 0.2:
+      log.warning('data.crop_padding=%d is %d%% of the %d-pixel image side: random crops shift the image '
+                  'by up to that much and cut much of it away; use a padding of about a tenth of the side '
+                  '(--config.data.crop_padding=%d)', config.data.crop_padding,
+                  round(100 * config.data.crop_padding / side), side, max(1, side // 10))
+
+
 def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path | None, *, model=None, data_source=None,
             task=None) -> Experiment:
   """Builds and checks every piece of the run; touches no file."""
@@ -274,6 +318,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path | None, *, 
   example = {key: np.zeros((1, *value.shape[1:]),
                            np.float32 if key in normalize_keys else data.device_dtype(value))
              for key, value in splits.train.items()}
+  _warn_traps(config, example)
   program, abstract_state, outputs = _compiled(config, model, task, splits, example, total, strategy)
   metrics = _check_task(program, outputs, example, splits.num_classes)
   config_lib.check_monitors(config, metrics)

@@ -24,6 +24,19 @@ from jaxtrain.config import ConfigError
 
 log = logging.getLogger('jaxtrain')
 
+
+class _OrbaxNotices(logging.Filter):
+  """Drops orbax's info and warning records (a legacy-API notice, a missing-metadata notice, ... on every
+  restore), which would otherwise print before the one `error:` line a user must read; they are kept when
+  the jaxtrain logger is at DEBUG. Orbax's errors pass."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return (record.levelno >= logging.ERROR or '/orbax/' not in record.pathname
+            or log.isEnabledFor(logging.DEBUG))
+
+
+logging.getLogger('absl').addFilter(_OrbaxNotices())  # Orbax logs through absl's logger.
+
 CHECKPOINT_DIR = 'checkpoints'
 POPULATION_DIR = 'population_checkpoints'  # A population's members while they train.
 DAMAGED_DIR = 'damaged_checkpoints'  # Where unreadable steps are moved (not deleted) so training can go on.

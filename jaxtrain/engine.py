@@ -114,7 +114,9 @@ class Trainer:
 
   def _train_record(self) -> dict:
     """The log record of the steps since the last one: one jitted mean and one transfer (the only sync)."""
-    record = {'step': self.step, 'epoch': self.epoch, **_mean_metrics(self._pending)}
+    # window_steps: how many steps the means cover; fewer in the first record after a resume mid-window.
+    record = {'step': self.step, 'epoch': self.epoch, **_mean_metrics(self._pending),
+              'train/window_steps': len(self._pending)}
     if self.step > self._last_log[0]:
       steps_per_sec = (self.step - self._last_log[0]) / (time.time() - self._last_log[1])
       record['train/steps_per_sec'] = steps_per_sec

@@ -8,6 +8,7 @@ from typing import Any
 
 METRICS_FILE = 'metrics.jsonl'
 SUMMARY_FILE = 'summary.json'
+CURVES_FILE = 'plots/curves.png'  # Written at the end of every run.
 
 
 @dataclasses.dataclass
@@ -27,7 +28,7 @@ class Run:
 
   def plot(self, path: str | pathlib.Path | None = None):
     """Loss and accuracy curves (train vs eval), saved to workdir/plots/curves.png; shows in notebooks."""
-    return plot_history(self.history, pathlib.Path(path or self.workdir / 'plots' / 'curves.png'))
+    return plot_history(self.history, pathlib.Path(path or self.workdir / CURVES_FILE))
 
   def __repr__(self) -> str:
     final = ', '.join(f'{k}={v:.4g}' for k, v in self.summary.get('final', {}).items())

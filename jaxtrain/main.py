@@ -4,11 +4,14 @@ Kept short on purpose: the work is in library functions that tests and notebooks
 is overridable as --config.optim.lr=3e-4. A bad config, data set or workdir exits 2 with one `error:` line.
 """
 
+import ast
 import json
 import logging
 import pathlib
+import re
 import sys
 
+import jax
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
@@ -54,7 +57,27 @@ def parse_flags(argv: list[str]) -> list[str]:
   except config_lib.ConfigError as e:
     _fail(str(e))
   except flags.Error as e:
-    _fail(str(e).replace('flag --config.', 'config key '))
+    _fail(_flag_error(str(e)))
+
+
+_UNPARSED = re.compile(r'flag --config\.([\w.]+)=.*: Error while parsing string: (.*) as (\w+)\. ')
+
+
+def _flag_error(message: str) -> str:
+  """absl's message, or for a value that is not a literal of the key's type (a tuple missing its closing
+  parenthesis) what is malformed and how to write it, instead of advice on shell quoting."""
+  match = _UNPARSED.search(message)
+  if not match:
+    return message.replace('flag --config.', 'config key ')
+  key, value, kind = match.groups()
+  try:
+    ast.literal_eval(value)
+    problem = f'it is not a {kind}'
+  except (SyntaxError, ValueError) as e:
+    problem = getattr(e, 'msg', None) or str(e)
+  example = {'tuple': "'(64, 128)'", 'list': "'[64, 128]'"}.get(kind, '...')
+  return (f'config key {key}: {value!r} is not a valid {kind} ({problem}); write it as '
+          f'--config.{key}={example}')
 
 
 def main(argv: list[str]) -> None:
@@ -69,8 +92,11 @@ def main(argv: list[str]) -> None:
     parallel.initialize_distributed()  # Several processes (SLURM, launch/*.sh) join before any device use.
     if _MODE.value == 'train':
       run = api.fit(_CONFIG.value, workdir)
-      print(json.dumps(run.summary['final']))
-      print(f'Run saved in {workdir}; the same command resumes it.')
+      if jax.process_index() == 0:  # Every process has the same result; one prints it.
+        print(json.dumps(run.summary['final']))
+        reason = run.summary.get('stop_reason')
+        print(f'Finished at step {run.summary["steps"]}{f" ({reason})" if reason else ""}; the run is in '
+              f'{workdir} (raise train.num_steps or train.num_epochs to train it further).')
     elif _MODE.value == 'doctor':
       report = doctor.doctor(_CONFIG.value, workdir)
       print(doctor.format_report(report))
@@ -82,7 +108,7 @@ def main(argv: list[str]) -> None:
     elif _MODE.value == 'sweep':
       print(json.dumps(sweep.sweep(_CONFIG.value, workdir)['best']))
     elif _MODE.value == 'generate':
-      print(generation.generate(_CONFIG.value, workdir))
+      print(_CONFIG.value.generate.prompt + generation.generate(_CONFIG.value, workdir))
     else:
       print(json.dumps(api.evaluate(_CONFIG.value, workdir)))
   except config_lib.ConfigError as e:

@@ -58,7 +58,8 @@ def _train_metrics(task: tasks.Task, outputs, batch) -> dict:
 
 
 def make_train_step(model, optimizer: optim.Optimizer, optim_config, nonfinite: str = 'halt',
-                    task: tasks.Task = CLASSIFICATION, augment=None, diagnose: str | None = None):
+                    task: tasks.Task = CLASSIFICATION, augment=None, diagnose: str | None = None,
+                    max_skips: int = 0):
   """The train step for `model`: augmentation, the task's loss (+ L1/L2 penalties), one optimizer update.
 
   `diagnose` (the model's activation name) makes the diagnostic variant of the step: its metrics also hold
@@ -71,10 +72,12 @@ def make_train_step(model, optimizer: optim.Optimizer, optim_config, nonfinite: 
 
   A step whose loss or gradient norm is not finite changes nothing but `skips` (params, optimizer state and
   BatchNorm statistics keep their values), decided in-graph so no step waits for the host. With
-  `nonfinite='skip'` the run goes on with the next batch; with 'halt' every later step is dropped too and
-  `step` stops at the last good one, so the loop, when it next looks, finds the state from before the bad
-  step and the step that failed. (optax.apply_if_finite skips only the optimizer update: BatchNorm
-  statistics would still take the NaN, and after its error budget it applies the bad update.)
+  `nonfinite='skip'` the run goes on with the next batch, until `max_skips` (> 0) such steps in a row:
+  then every later step is dropped and `step` stops at the last of them; with 'halt' every step after the
+  first bad one is dropped and `step` stops at the last good one. Either way the loop, when it next looks,
+  finds the state and the step where the run must halt, exactly. (optax.apply_if_finite skips only the
+  optimizer update: BatchNorm statistics would still take the NaN, and after its error budget it applies the
+  bad update.)
   """
   micro_batches = optim_config.accumulate_steps
   capture = diagnose is not None and micro_batches == 1  # Activations of one micro-batch are enough.
@@ -122,7 +125,9 @@ def make_train_step(model, optimizer: optim.Optimizer, optim_config, nonfinite: 
     updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.params)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    apply = finite if nonfinite == 'skip' else finite & (state.skips == 0)
+    limit = 1 if nonfinite == 'halt' else max_skips  # Bad steps in a row after which the run is frozen.
+    frozen = state.skips >= limit if limit else jnp.zeros((), bool)
+    apply = finite & ~frozen
     metrics = {
         'loss': loss, **task_metrics,
         'grad_norm': grad_norm,
@@ -139,9 +144,9 @@ def make_train_step(model, optimizer: optim.Optimizer, optim_config, nonfinite: 
         lambda new, old: jnp.where(apply, new, old), updated,
         (state.params, state.opt_state, state.batch_stats, state.ema))
     new_state = state.replace(
-        step=state.step + (1 if nonfinite == 'skip' else apply.astype(jnp.int32)),
+        step=state.step + (~frozen if nonfinite == 'skip' else apply).astype(jnp.int32),
         params=params, opt_state=opt_state, batch_stats=batch_stats, ema=ema,
-        skips=jnp.where(apply, 0, state.skips + 1))
+        skips=jnp.where(apply, 0, state.skips + (~frozen).astype(jnp.int32)))
     return new_state, metrics
 
   return train_step

@@ -54,7 +54,7 @@ BAD = [
     (['--config.model.activation=swish'], "model.activation='swish' is not known"),
     (['--config.model.kernel_init=he_foo'], "model.kernel_init='he_foo' is not known"),
     (['--config.model.bias_init=normal(x)'], 'model.bias_init'),
-    (['--config.model.name=resnet'], "model.name='resnet' is not known; choose one of: cnn, mlp, resnet18"),
+    (['--config.model.name=resnet'], "model.name='resnet' is not known; choose one of: cnn, gpt, mlp, "),
     (['--config.data.name=imagenet'], "data.name='imagenet' is not known"),
     (['--config.model.norm=group'], "model.norm='group' is not known"),
     (['--config.train.num_steps=0', '--config.train.num_epochs=0'],

@@ -22,12 +22,13 @@ def test_cifar_loads_offline_from_mock_data(make_config, name, num_classes):
   assert splits.test['label'].dtype == np.int32 and splits.test['label'].max() < num_classes
 
 
-def test_imagenet_is_resized_to_data_image_size_and_tested_on_validation(make_config):
-  config = make_config(**{'data.name': 'imagenet2012', 'data.image_size': 24,
-                          'data.validation_fraction': 0.0})
+def test_imagenet_streams_resized_to_data_image_size_and_is_tested_on_validation(make_config):
+  config = make_config('imagenet_resnet50', **{'data.image_size': 24})
   with tfds.testing.mock_data(num_examples=5):  # Mock images have random sizes.
     splits = data.load(config)
-  assert splits.train['image'].shape == (5, 24, 24, 3) and splits.train['image'].shape[1:] == (24, 24, 3)
+    assert isinstance(splits.train, data.records.Stream)  # configs/imagenet_resnet50.py never decodes ahead.
+    assert data.gather(splits.train, [4, 0])['image'].shape == (2, 24, 24, 3)
+  assert splits.train['image'].shape == (5, 24, 24, 3)
   assert splits.num_classes == 1000 and splits.eval_name == 'test'
   assert data.DATASETS['imagenet2012'].test_split == 'validation'  # ImageNet's test labels are private.
 

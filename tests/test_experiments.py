@@ -16,7 +16,7 @@ from conftest import CONFIGS, ROOT
 
 import jaxtrain
 from jaxtrain import history
-from jaxtrain.experiments import ensemble, population
+from jaxtrain.experiments import ensemble, population, sweep
 
 SMALL = {'model.features': (32,), 'model.dropout': 0.0, 'train.num_steps': 10, 'train.eval_every_steps': 5}
 
@@ -110,8 +110,21 @@ def test_two_sweep_processes_share_one_study(data_dir, tmp_path):
 def test_bad_sweep_space_is_a_config_error(make_config, tmp_path):
   with pytest.raises(jaxtrain.ConfigError, match='loguniform'):
     jaxtrain.sweep(make_config(**{'sweep.space': ('optim.lr=lognormal(1, 2)',)}), tmp_path)
+  with pytest.raises(jaxtrain.ConfigError, match=r"the spec 'logunif' is not known \(did you mean "
+                                                 r"'loguniform'\?\); a spec is one of: uniform\("):
+    jaxtrain.sweep(make_config(**{'sweep.space': ('optim.lr=logunif(1e-4, 1e-1)',)}), tmp_path)
   with pytest.raises(jaxtrain.ConfigError, match="did you mean 'optim.lr'"):
     jaxtrain.sweep(make_config(**{'sweep.space': ('optim.lrr=choice(1, 2)',)}), tmp_path)
+
+
+def test_sweep_plot_sorts_categories_and_leaves_minor_log_ticks_unlabelled(tmp_path):
+  space = {'optim.lr': ('loguniform', [1e-3, 5e-3]), 'optim.name': ('choice', ['sgd', 'adam'])}
+  rows = [{'state': 'complete', 'eval/accuracy': 0.5 + i / 10, 'optim.lr': lr, 'optim.name': name}
+          for i, (lr, name) in enumerate([(2e-3, 'sgd'), (1e-3, 'adam'), (4e-3, 'sgd')])]
+  figure = sweep.plot_trials(rows, space, 'eval/accuracy', tmp_path / 'sweep.png')
+  assert [label.get_text() for label in figure.axes[1].get_xticklabels()] == ['adam', 'sgd']
+  assert type(figure.axes[0].xaxis.get_minor_formatter()).__name__ == 'NullFormatter'
+  assert (tmp_path / 'sweep.png').stat().st_size > 0
 
 
 def test_fine_tune_loads_matching_weights_and_freezes(make_config, tmp_path, caplog):
@@ -147,6 +160,17 @@ def test_ensemble_of_three_seeds(make_config, tmp_path, data_dir):
   assert result.returncode == 0, result.stderr[-2000:]
   assert "'ensemble/members': 3" in result.stdout.replace('"', "'")
   assert 'test/ensemble_accuracy' in result.stdout and 'test/member_accuracy' in result.stdout
+  written = json.loads((tmp_path / 'ensemble' / ensemble.RESULT_FILE).read_text())
+  assert written == json.loads(result.stdout.strip().splitlines()[-1])  # The printed result, kept.
+  missing = subprocess.run(
+      [sys.executable, '-m', 'jaxtrain.main', '--mode', 'eval', '--config', str(CONFIGS / 'digits_mlp.py'),
+       f'--workdir={tmp_path / "ensemble2"}', f'--config.data.data_dir={data_dir}',
+       f'--config.ensemble.members=({members}, {str(tmp_path / "nope")!r})'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert missing.returncode == 2
+  assert missing.stderr.strip().splitlines()[-1].startswith(
+      f"error: ensemble.members names '{tmp_path / 'nope'}', which holds no trained run")
+  assert not (tmp_path / 'ensemble2').exists()
 
 
 def test_snapshot_ensemble_keeps_every_cycle(make_config, tmp_path):

@@ -54,7 +54,7 @@ def test_generation_is_deterministic_when_greedy_and_matches_the_cli(trained):
        *(f'--config.{key}={value}' for key, value in overrides.items())],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert result.stdout.rstrip('\n') == greedy[0]
+  assert result.stdout.rstrip('\n') == 'The ' + greedy[0]  # The prompt, then what the model wrote.
 
 
 def test_perplexity_weighs_every_token_once():

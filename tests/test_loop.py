@@ -106,11 +106,18 @@ def test_resumed_run_matches_an_uninterrupted_one(make_config, tmp_path):
   config = make_config(**{'train.num_steps': 30, 'checkpoint.every_steps': 15, 'model.dropout': 0.3})
   straight = jaxtrain.fit(config, tmp_path / 'a')
   jaxtrain.fit(config, tmp_path / 'b')
-  shutil.rmtree(tmp_path / 'b' / 'checkpoints' / '30')  # As if killed between steps 15 and 30.
+  shutil.rmtree(tmp_path / 'b' / 'checkpoints' / '30')  # As if killed between steps 15 and 20.
   (tmp_path / 'b' / 'summary.json').unlink()
+  metrics = tmp_path / 'b' / 'metrics.jsonl'
+  metrics.write_text(''.join(line + '\n' for line in metrics.read_text().splitlines()
+                             if json.loads(line)['step'] <= 15))
   resumed = jaxtrain.fit(config, tmp_path / 'b')
   for a, b in zip(jax.tree.leaves(straight.state), jax.tree.leaves(resumed.state), strict=True):
     np.testing.assert_array_equal(a, b)
+  windows = [{r['step']: r['train/window_steps'] for r in run.history if 'train/loss' in r}
+             for run in (straight, resumed)]
+  assert windows[0] == {10: 10, 20: 10, 30: 10}
+  assert windows[1] == {10: 10, 20: 5, 30: 10}  # Steps 16-20 only: the record says what it averages.
 
 
 def test_eval_with_batchnorm_uses_running_statistics(make_config, tmp_path):

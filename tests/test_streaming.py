@@ -2,6 +2,7 @@
 processes (data.workers), giving the batches the in-memory path gives, resuming bit-identically after kill -9,
 and one-line errors for files that cannot be read."""
 
+import pathlib
 import signal
 import subprocess
 import sys
@@ -32,6 +33,19 @@ def record_folder(tmp_path_factory):
   records.write(folder / 'train-1.array_record', _examples(212, 1))  # Splits span several files.
   records.write(folder / 'validation.array_record', _examples(100, 2))
   return folder
+
+
+def _children(pid: int) -> list[int]:
+  """The process ids whose parent is `pid` (Linux /proc)."""
+  return [int(stat.parent.name) for stat in pathlib.Path('/proc').glob('[0-9]*/stat')
+          if _parent(stat) == pid]
+
+
+def _parent(stat: pathlib.Path) -> int | None:
+  try:
+    return int(stat.read_text().rsplit(')', 1)[1].split()[1])
+  except (OSError, IndexError, ValueError):
+    return None
 
 
 def _config(make_config, folder, **overrides):
@@ -79,8 +93,8 @@ def test_workers_make_the_batches_this_process_makes(make_config, record_folder)
 
 def test_kill_9_then_rerun_with_workers_is_bit_identical_to_in_memory_training(make_config, record_folder,
                                                                               tmp_path):
-  overrides = {'train.num_steps': 40, 'train.log_every_steps': 1, 'checkpoint.every_steps': 5,
-               'train.eval_every_steps': 20}
+  overrides = {'train.num_steps': 24, 'train.log_every_steps': 1, 'checkpoint.every_steps': 4,
+               'train.eval_every_steps': 12}
   reference = jaxtrain.fit(_config(make_config, record_folder, **overrides, **{'data.in_memory': 'true'}),
                            tmp_path / 'memory')
   args = [sys.executable, '-m', 'jaxtrain.main', '--config', str(CONFIGS / 'digits_mlp.py'),
@@ -90,11 +104,17 @@ def test_kill_9_then_rerun_with_workers_is_bit_identical_to_in_memory_training(m
           *(f'--config.{key}={value}' for key, value in overrides.items())]
   process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 180
-  while not any(r['step'] >= 12 for r in history.read_metrics(tmp_path / 'streamed')):
+  while not any(r['step'] >= 10 for r in history.read_metrics(tmp_path / 'streamed')):
     assert process.poll() is None and time.time() < deadline
     time.sleep(0.05)
+  workers = _children(process.pid)
+  assert len(workers) >= 2  # Grain's workers (and its resource tracker).
   process.send_signal(signal.SIGKILL)
   process.wait()
+  deadline = time.time() + 30
+  while any(pathlib.Path(f'/proc/{pid}').exists() for pid in workers):  # They end with their parent.
+    assert time.time() < deadline, 'data workers outlived the killed training process'
+    time.sleep(0.1)
   rerun = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert rerun.returncode == 0, rerun.stderr[-2000:]
   assert 'Resuming from step' in rerun.stderr
@@ -102,7 +122,7 @@ def test_kill_9_then_rerun_with_workers_is_bit_identical_to_in_memory_training(m
   resumed = jaxtrain.fit(config, tmp_path / 'streamed')  # Finished: restores the final state.
   assert params_hash(resumed.state) == params_hash(reference.state)
   steps = [r['step'] for r in history.read_metrics(tmp_path / 'streamed') if 'train/loss' in r]
-  assert steps == list(range(1, 41))
+  assert steps == list(range(1, 25))
 
 
 def test_streamed_tfds_split_reads_records_lazily(make_config):

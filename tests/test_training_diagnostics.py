@@ -3,6 +3,7 @@
 import logging
 
 import jaxtrain
+from jaxtrain.diagnostics import training
 
 
 def test_diagnostic_steps_log_per_layer_statistics_and_alert_once(make_config, caplog):
@@ -26,3 +27,25 @@ def test_diagnostics_off_writes_no_diag_records_and_runs_end_with_a_curve_diagno
   assert not [key for record in run.history for key in record if key.startswith('diag/')]
   assert isinstance(run.summary['diagnosis'], list)
   assert all({'name', 'evidence', 'advice'} <= set(finding) for finding in run.summary['diagnosis'])
+
+
+def test_vanishing_alert_during_training_uses_the_doctors_rule(make_config, caplog):
+  """Note 004's 8 sigmoid layers: the doctor fails them, so training must say so too; gradients that fall
+  by less than the doctor's 1/100 along the layers raise nothing."""
+  deep = make_config('digits_mlp', **{'model.features': (64,) * 8, 'model.activation': 'sigmoid',
+                                      'train.num_steps': 20, 'diagnostics.every_steps': 10})
+  with caplog.at_level(logging.WARNING, logger='jaxtrain'):
+    jaxtrain.fit(deep)
+    alerts = [r.message for r in caplog.records if 'vanishing gradient' in r.message]
+    assert len(alerts) == 1 and 'Block_0/Dense_0' in alerts[0]
+    caplog.clear()
+    order = ['Block_0/Dense_0', 'Block_1/Dense_0', 'head']
+    diagnostics = training.TrainingDiagnostics(order)
+    weights = {f'param_norm/{layer}': 1.0 for layer in order}
+    for first in (0.05, 2e-3):  # 1/20 of the head's ratio: fine; 1/500: a warning.
+      diagnostics.add(1, 0.0, {'grad_norm/Block_0/Dense_0': first, 'grad_norm/Block_1/Dense_0': 0.5,
+                               'grad_norm/head': 1.0, **weights})
+      diagnostics.records()
+  assert [r.message for r in caplog.records] == [
+      "diagnostics at step 1: the gradient/weight ratio of Block_0/Dense_0 is 0.002 of a later layer's (the "
+      "doctor's vanishing_gradients rule); vanishing gradient: use ReLU with He init, BatchNorm or residuals"]

@@ -237,6 +237,6 @@ def test_bad_model_options_are_config_errors(overrides, shape, message):
 
 
 def test_every_model_is_in_the_registry():
-  assert {'mlp', 'cnn', 'vgg', 'resnet18', 'resnet34', 'resnet50', 'vit', 'unet'} == set(models.MODELS)
+  assert {'mlp', 'cnn', 'vgg', 'resnet18', 'resnet34', 'resnet50', 'vit', 'unet', 'gpt'} == set(models.MODELS)
   flat = flax.traverse_util.flatten_dict(abstract_params(model_config(name='resnet18'), 10, (8, 8, 3)))
   assert ('head', 'kernel') in flat  # The classifier is called head in every model.

@@ -11,6 +11,11 @@ class LayerStats(Callback):
     self.writer = writer
     self.diagnostics = training.TrainingDiagnostics()
 
+  def on_fit_start(self, trainer) -> None:
+    if trainer.config.diagnostics.every_steps:
+      order = trainer.exp.program.model.forward_order(trainer.exp.example)
+      self.diagnostics = training.TrainingDiagnostics(order)
+
   def on_step(self, trainer, step: int) -> None:
     if trainer.diag is not None:
       self.diagnostics.add(step, trainer.epoch, trainer.diag)

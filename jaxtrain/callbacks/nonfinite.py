@@ -97,11 +97,16 @@ def check(exp, state, train_data, ckpt: checkpoint.Checkpointer, workdir: pathli
             else workdir / DUMP_DIR)
   saved = ckpt.steps()
   last = f'the last good checkpoint is step {saved[-1]} in {ckpt.directory}' if saved else 'no checkpoint'
-  streak = f'{skips} non-finite steps in a row (train.max_consecutive_skips); ' if nonfinite == 'skip' else ''
+  if nonfinite == 'skip':  # Skipping is on already and did not help: the cause is in the data or the model.
+    streak = f'{skips} non-finite steps in a row (train.max_consecutive_skips); '
+    advice = ('Skipping does not get past it: check the data for NaN/Inf (--mode doctor checks the inputs), '
+              'try a lower optim.lr or optim.clip_norm=1.0, or raise train.max_consecutive_skips')
+  else:
+    streak, advice = '', ('Try a lower optim.lr, optim.clip_norm=1.0, or --config.train.nonfinite=skip to '
+                          'drop such updates')
   raise NonFiniteError(
       f'training halted at step {index + 1}: {streak}{findings.describe()}; {last}; the step is dumped in '
-      f'{dumped} (replay: python -m jaxtrain.diagnostics.nan {dumped}). Try a lower optim.lr, '
-      'optim.clip_norm=1.0, or --config.train.nonfinite=skip to drop such updates')
+      f'{dumped} (replay: python -m jaxtrain.diagnostics.nan {dumped}). {advice}')
 
 
 class NonFiniteGuard(Callback):

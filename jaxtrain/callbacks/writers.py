@@ -2,11 +2,13 @@
 metrics.jsonl (appended, never rewritten), TensorBoard and the progress bar as interchangeable sinks, and
 `WriteMetrics`, the callback that sends every log and eval record to them."""
 
+import importlib.util
 import json
+import math
 import pathlib
 import sys
 
-import tqdm.auto
+import tqdm
 
 from jaxtrain.engine import Callback
 from jaxtrain.history import METRICS_FILE
@@ -43,16 +45,21 @@ class JsonlWriter:
 
 
 class TensorBoardWriter:
-  """Every numeric entry as a scalar at the record's step: `tensorboard --logdir runs`."""
+  """Every finite numeric entry as a scalar at the record's step: `tensorboard --logdir runs`. Non-finite
+  values are left to metrics.jsonl: tensorboardX prints a warning line for each.
+
+  tensorboardX writes from a thread that flushes every `flush_secs`; at 1 s a run killed with -9 loses at
+  most its last second of points, and `MetricWriter.default` writes those again from metrics.jsonl on
+  resume (a point written twice is the same point at the same step)."""
 
   def __init__(self, workdir: pathlib.Path):
     from tensorboardX import SummaryWriter  # noqa: PLC0415 - imports protobuf; only a run that writes needs it.
 
-    self._tb = SummaryWriter(str(workdir / 'tb'))
+    self._tb = SummaryWriter(str(workdir / 'tb'), flush_secs=1)
 
   def write(self, record: dict) -> None:
     for key, value in record.items():
-      if key not in ('step', 'epoch') and isinstance(value, (int, float)):
+      if key not in ('step', 'epoch') and isinstance(value, (int, float)) and math.isfinite(value):
         self._tb.add_scalar(key, value, record['step'])
 
   def close(self) -> None:
@@ -63,9 +70,15 @@ class ProgressBar:
   """A tqdm bar with ETA, loss and steps/s; shown only in a terminal or a notebook."""
 
   def __init__(self, total_steps: int, initial_step: int, show: bool):
-    show = show and (sys.stdout.isatty() or 'ipykernel' in sys.modules)
-    self._bar = tqdm.auto.tqdm(total=total_steps, initial=initial_step, unit='step', dynamic_ncols=True,
-                               disable=not show)
+    notebook = 'ipykernel' in sys.modules
+    show = show and (sys.stdout.isatty() or notebook)
+    # tqdm.auto warns (TqdmWarning) in a notebook without ipywidgets; the text bar works there too.
+    if notebook and importlib.util.find_spec('ipywidgets') is not None:
+      from tqdm.notebook import tqdm as bar  # noqa: PLC0415 - imports IPython's display machinery.
+    else:
+      bar = tqdm.tqdm
+    self._bar = bar(total=total_steps, initial=initial_step, unit='step', dynamic_ncols=True,
+                    disable=not show)
 
   def write(self, record: dict) -> None:
     shown = {k.split('/')[-1] if k.startswith('train/') else k: f'{v:.4g}'
@@ -95,10 +108,17 @@ class MetricWriter:
   @classmethod
   def default(cls, workdir: pathlib.Path, total_steps: int, initial_step: int, progress_bar: bool,
               logged: list[dict] = (), primary: bool = True, extra: list = ()) -> 'MetricWriter':
-    """metrics.jsonl, TensorBoard, the progress bar and any `extra` writers."""
-    writers = [JsonlWriter(workdir), TensorBoardWriter(workdir),
-               ProgressBar(total_steps, initial_step, progress_bar), *extra] if primary else []
-    return cls(writers, logged)
+    """metrics.jsonl, TensorBoard, the progress bar and any `extra` writers. On resume, TensorBoard gets
+    again the records metrics.jsonl has after the checkpoint (`initial_step`): the ones a killed process may
+    not have flushed to its event file."""
+    if not primary:
+      return cls([], logged)
+    tensorboard = TensorBoardWriter(workdir)
+    for record in logged:
+      if record['step'] > initial_step:
+        tensorboard.write(record)
+    return cls([JsonlWriter(workdir), tensorboard, ProgressBar(total_steps, initial_step, progress_bar),
+                *extra], logged)
 
   def write(self, record: dict) -> None:
     if _kind(record) in self._logged:

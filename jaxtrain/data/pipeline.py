@@ -14,9 +14,12 @@ chain costs 1-4 ms of Python per batch of 32 (more than a train step of the defa
 benchmarks/README.md), while a batch's indices and one fancy-indexed gather cost a fraction of that.
 """
 
+import ctypes
 import json
+import os
 import pathlib
 import queue
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -202,6 +205,17 @@ def workers(split, requested: int) -> int:
 
 # Batches each worker makes ahead of the one being consumed: bounded, so memory does not grow with the data.
 _WORKER_BUFFER = 2
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _end_with_parent(worker_index: int, worker_count: int) -> None:
+  """Runs first in each worker: the worker is killed when the process that started it ends, even by
+  kill -9 (which gives no chance to stop it), instead of living on as an orphan holding its memory."""
+  del worker_index, worker_count
+  if sys.platform.startswith('linux'):
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # The parent died before prctl took effect.
+      os._exit(0)
 
 
 def iterate(dataset: grain.MapDataset, start: int = 0, workers: int = 0) -> Iterator[dict]:
@@ -212,7 +226,8 @@ def iterate(dataset: grain.MapDataset, start: int = 0, workers: int = 0) -> Iter
     if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; a notebook or test never parses them.
       flags.FLAGS.mark_as_parsed()
     items = items.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                           per_worker_buffer_size=_WORKER_BUFFER))
+                                                           per_worker_buffer_size=_WORKER_BUFFER),
+                              worker_init_fn=_end_with_parent)
   iterator = iter(items)
   try:
     yield from iterator

@@ -10,6 +10,7 @@ of arrays; a value stored as encoded image bytes (JPEG, PNG) is decoded with PIL
 """
 
 import io
+import os
 import pathlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -21,6 +22,7 @@ from PIL import Image
 
 from jaxtrain.config import ConfigError
 
+_READ_CHUNK = 4096  # Records decoded at a time when a whole split is read into memory.
 # Random access reads one record per lookup; larger groups compress better but read a group per record.
 _WRITER_OPTIONS = 'group_size:1'
 
@@ -43,9 +45,10 @@ def decode(record: bytes) -> dict:
 
 def write(path: str | pathlib.Path, examples: Iterable[Mapping]) -> int:
   """Writes `examples` (dicts of arrays) to one ArrayRecord file that `Stream.of_files` reads; returns how
-  many. Written to a temporary name and renamed, so a reader never sees half a file."""
+  many. Written to a temporary name of this process and renamed, so a reader never sees half a file and
+  processes that prepare the same data at once (one per host) do not write into each other's."""
   path = pathlib.Path(path)
-  partial = path.with_name(path.name + '.partial')
+  partial = path.with_name(f'{path.name}.{os.getpid()}.partial')
   writer = array_record_module.ArrayRecordWriter(str(partial), _WRITER_OPTIONS)
   count = 0
   try:
@@ -75,7 +78,11 @@ class Column:
     rows = np.arange(len(self._stream))[index]
     if np.ndim(rows) == 0:
       return self._stream.gather([int(rows)])[self._key][0]
-    return self._stream.gather(rows)[self._key]
+    # A chunk of records at a time, keeping only this key: reading the labels of a split larger than
+    # memory must not hold its images.
+    return np.concatenate([self._stream.gather(rows[start:start + _READ_CHUNK])[self._key]
+                           for start in range(0, len(rows), _READ_CHUNK)] or [np.zeros((0, *self.shape[1:]),
+                                                                                        self.dtype)])
 
   def __array__(self, dtype=None, copy=None):
     values = self[:]
@@ -156,8 +163,15 @@ class Stream(Mapping):
     return Stream(self.source, self.example, self.rows[np.asarray(indices, np.int64)], self.name)
 
   def read(self) -> dict:
-    """The whole split decoded into memory, for data small enough to hold (data.in_memory)."""
-    return self.gather(np.arange(len(self)))
+    """The whole split decoded into memory, for data small enough to hold (data.in_memory): into arrays
+    allocated once and filled a chunk at a time, so the peak is the data's size, not twice it."""
+    arrays = {key: np.empty((len(self), *np.shape(value)), np.asarray(value).dtype)
+              for key, value in self.first.items()}
+    for start in range(0, len(self), _READ_CHUNK):
+      chunk = self.gather(np.arange(start, min(start + _READ_CHUNK, len(self))))
+      for key, values in chunk.items():
+        arrays[key][start:start + len(values)] = values
+    return arrays
 
 
 def _first_line(error: Exception) -> str:

@@ -221,11 +221,15 @@ class RecordFiles:
     elif not evaluation:
       raise ConfigError('RecordFiles has neither eval= nor test= files; pass one, or set '
                         '--config.data.validation_fraction=0.1 to carve a validation split from train')
-    num_classes = self.num_classes
-    if not num_classes and label in train.first and np.issubdtype(train[label].dtype, np.integer):
-      num_classes = int(np.max(train[label])) + 1
-    return place(Splits(train=train, eval=evaluation, test=test or evaluation, eval_name=eval_name,
-                        num_classes=num_classes), config.data, label)
+    splits = place(Splits(train=train, eval=evaluation, test=test or evaluation, eval_name=eval_name,
+                          num_classes=self.num_classes), config.data, label)
+    labels = splits.train.get(label)
+    if self.num_classes or labels is None or not np.issubdtype(labels.dtype, np.integer):
+      return splits
+    if isinstance(splits.train, records.Stream):
+      log.info('Reading the %r of %d train records to count the classes (pass RecordFiles(num_classes=) to '
+               'skip this)', label, len(splits.train))
+    return dataclasses.replace(splits, num_classes=int(np.max(np.asarray(labels))) + 1)
 
 
 def _paths(split: str, pattern: str | Sequence[str]) -> list[str]:

@@ -449,7 +449,7 @@ def prepare(name: str, data_dir: str, tokenizer_spec: str, seq_len: int,
   files = {'train': files['train'], 'eval': files[eval_name], 'test': files.get('test', files[eval_name])}
   done = {'format': FORMAT, 'identity': identity, 'eval_name': eval_name, 'vocab_size': tok.vocab_size,
           'eos_id': tok.eos_id, 'counts': counts, 'files': files}
-  partial = directory / (DONE_FILE + '.partial')
+  partial = directory / f'{DONE_FILE}.{os.getpid()}.partial'  # Processes preparing at once never collide.
   partial.write_text(json.dumps(done, indent=2))
   partial.rename(directory / DONE_FILE)
   summary = '; '.join(f'{split} ' + ', '.join(f'{n} {what}' for what, n in c.items())

@@ -147,17 +147,16 @@ def check_vanishing(moments: dict[str, dict], layers: list[str]) -> Check:
   """Each layer's gradient/weight ratio against the fastest-learning layer after it (input first)."""
   worst, where, relative = 1.0, '', {}
   for moment, m in moments.items():
-    rel = [m['grads'][layer] / max(m['weights'][layer], 1e-12) for layer in layers]
-    relative[moment] = dict(zip(layers, rel, strict=True))
-    for i, layer in enumerate(layers):
-      drop = rel[i] / max(max(rel[i:]), 1e-30)
-      if drop < worst:
-        worst, where = drop, f' ({layer}, {moment})'
+    relative[moment] = {layer: m['grads'][layer] / max(m['weights'][layer], 1e-12) for layer in layers}
+    drop, layer = stats.vanishing(m['grads'], m['weights'], layers)
+    if drop < worst:
+      worst, where = drop, f' ({layer}, {moment})'
   silent = max(max(m['grads'].values()) for m in moments.values()) < 1e-10
-  advice = ('' if worst >= 1e-2 and not silent else
+  advice = ('' if worst >= stats.VANISHING_WARN and not silent else
             'Early layers hardly learn: use ReLU-family activations with He init (model.activation=relu, '
             'model.kernel_init=auto), BatchNorm (model.norm=batch), or a shallower or residual model.')
-  return Check('vanishing_gradients', _status(worst < 1e-3 or silent, worst < 1e-2),
+  return Check('vanishing_gradients', _status(worst < stats.VANISHING_FAIL or silent,
+                                              worst < stats.VANISHING_WARN),
                'no gradient at all' if silent else f'{worst:.2g}{where}',
                "every layer's gradient/weight ratio at least 1/100 of any later layer's", advice, relative)
 

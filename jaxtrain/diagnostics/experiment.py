@@ -7,7 +7,6 @@ already holds are read (so the doctor sees the inputs training sees), otherwise 
 import json
 import math
 import pathlib
-import tempfile
 
 import ml_collections
 
@@ -27,7 +26,7 @@ def prepare(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Pat
   else:
     normalization = data.compute_stats(exp.splits.train, config.data.stats_max_examples,
                                        tuple(config.data.normalize))
-  return exp, normalization, workdir or pathlib.Path(tempfile.mkdtemp(prefix='jaxtrain-'))
+  return exp, normalization, workdir or build.temporary_workdir()
 
 
 def _strict(value):

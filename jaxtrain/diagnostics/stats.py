@@ -22,6 +22,23 @@ SATURATED = {
 DYING = ('relu',)
 
 
+# Note 004: a layer whose gradient/weight norm ratio is under 1/100 (a warning) or 1/1000 (a failure) of a
+# later layer's hardly learns. The doctor and the alerts during training use the same rule.
+VANISHING_WARN, VANISHING_FAIL = 1e-2, 1e-3
+
+
+def vanishing(grads: dict[str, float], weights: dict[str, float], order: list[str]) -> tuple[float, str]:
+  """The smallest (layer's gradient/weight ratio) / (the largest ratio of the layers after it), over the
+  layers in forward order (`order`, input first), and that layer; (1.0, '') for one layer. On the host."""
+  ratios = [float(grads[layer]) / max(float(weights[layer]), 1e-12) for layer in order]
+  worst, where = 1.0, ''
+  for i, layer in enumerate(order):
+    drop = ratios[i] / max(max(ratios[i:]), 1e-30)
+    if drop < worst:
+      worst, where = drop, layer
+  return worst, where
+
+
 def layer_norms(tree, leaf: str = 'kernel') -> dict[str, jax.Array]:
   """{layer path: L2 norm of its `leaf`} for a params-shaped tree (weights, gradients or updates)."""
   return {'/'.join(path[:-1]): jnp.sqrt(jnp.sum(jnp.square(x)))

@@ -11,11 +11,14 @@ import logging
 import jax
 import jax.numpy as jnp
 
+from jaxtrain.diagnostics import stats
+
 log = logging.getLogger('jaxtrain')
 
+VANISHING_ADVICE = 'vanishing gradient: use ReLU with He init, BatchNorm or residuals'
 # (statistic, is the value alarming?, what it means and what to do); thresholds follow notes 002-004.
+# Vanishing gradients are judged across layers, by the doctor's rule (`stats.vanishing`), not by one value.
 ALERTS = (
-    ('grad_norm', lambda v: v < 1e-7, 'vanishing gradient: use ReLU with He init, BatchNorm or residuals'),
     ('grad_norm', lambda v: v > 1e3, 'exploding gradient: set optim.clip_norm=1.0 or lower optim.lr'),
     ('update_ratio', lambda v: v > 0.1, 'updates above 10% of the weights per step: lower optim.lr or clip'),
     ('dead', lambda v: v > 0.5, 'over half the ReLU units are dead: lower optim.lr, check model.bias_init '
@@ -32,9 +35,11 @@ def _stack(diags: list[dict]) -> dict:
 
 
 class TrainingDiagnostics:
-  """Collects the diagnostic steps' statistics and turns them into metrics.jsonl records."""
+  """Collects the diagnostic steps' statistics and turns them into metrics.jsonl records. `order` is the
+  model's modules in forward order (input first), which the vanishing-gradient rule compares along."""
 
-  def __init__(self):
+  def __init__(self, order: list[str] = ()):
+    self._order = list(order)
     self._pending: list[tuple[int, float, dict]] = []
     self._alerted: set[tuple[str, str]] = set()
 
@@ -58,6 +63,18 @@ class TrainingDiagnostics:
     for key, value in diag.items():
       statistic, layer = key.split('/', 1)
       for name, alarming, advice in ALERTS:
-        if name == statistic and alarming(value) and (advice, layer) not in self._alerted:
-          self._alerted.add((advice, layer))
-          log.warning('diagnostics at step %d: %s of %s is %.3g; %s', step, statistic, layer, value, advice)
+        if name == statistic and alarming(value):
+          self._once(step, advice, layer, f'{statistic} of {layer} is {value:.3g}')
+    grads, weights = ({key.split('/', 1)[1]: v for key, v in diag.items() if key.startswith(f'{statistic}/')}
+                      for statistic in ('grad_norm', 'param_norm'))
+    layers = sorted(grads, key=lambda layer: (self._order.index(layer) if layer in self._order
+                                              else len(self._order), layer))
+    worst, layer = stats.vanishing(grads, weights, layers)
+    if worst < stats.VANISHING_WARN:
+      self._once(step, VANISHING_ADVICE, layer, f"the gradient/weight ratio of {layer} is {worst:.2g} of a "
+                                                'later layer\'s (the doctor\'s vanishing_gradients rule)')
+
+  def _once(self, step: int, advice: str, layer: str, finding: str) -> None:
+    if (advice, layer) not in self._alerted:
+      self._alerted.add((advice, layer))
+      log.warning('diagnostics at step %d: %s; %s', step, finding, advice)

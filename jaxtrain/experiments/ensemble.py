@@ -21,12 +21,14 @@ from jaxtrain import state as state_lib
 from jaxtrain.callbacks import snapshots
 from jaxtrain.experiments import population, transfer
 
+RESULT_FILE = 'ensemble.json'
+
 
 def _members(config, workdir: pathlib.Path) -> list[tuple]:
   """[(config, checkpoint folder, step or None, normalization folder)] of the ensemble; [] when none."""
   if config.ensemble.members:
-    return [(transfer.source_config(m), checkpoint.checkpoint_dir(pathlib.Path(m)), None, pathlib.Path(m))
-            for m in config.ensemble.members]
+    return [(transfer.source_config(m, 'ensemble.members'), checkpoint.checkpoint_dir(pathlib.Path(m)), None,
+             pathlib.Path(m)) for m in config.ensemble.members]
   folders = sorted((workdir / population.MEMBERS_DIR).glob('m*'), key=lambda p: int(p.name[1:]))
   if folders:
     return [(transfer.source_config(m), checkpoint.checkpoint_dir(m), None, m) for m in folders]
@@ -93,4 +95,8 @@ def evaluate(config, workdir: pathlib.Path, **objects) -> dict:
     return evaluation.evaluate_workdir(config, workdir, **objects)
   own = (evaluation.evaluate_workdir(config, workdir, **objects)
          if (workdir / checkpoint.CHECKPOINT_DIR).is_dir() else {})
-  return {**own, **ensemble_metrics(members, **objects)}
+  metrics = {**own, **ensemble_metrics(members, **objects)}
+  if jax.process_index() == 0:  # The ensemble's result, kept where its command pointed (written last).
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / RESULT_FILE).write_text(json.dumps(metrics, indent=2) + '\n')
+  return metrics

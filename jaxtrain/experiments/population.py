@@ -21,7 +21,6 @@ import functools
 import json
 import logging
 import pathlib
-import tempfile
 import time
 
 import flax
@@ -206,7 +205,7 @@ def fit_population(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   exp = _population_experiment(one, specs)
   if workdir and (workdir / checkpoint.POPULATION_DIR).is_dir():
     build.read_only(workdir / checkpoint.POPULATION_DIR, config).check_fits(jax.eval_shape(exp.new_state))
-  workdir = workdir or pathlib.Path(tempfile.mkdtemp(prefix='jaxtrain-'))
+  workdir = workdir or build.temporary_workdir()
   summary_path = workdir / history.SUMMARY_FILE
   if summary_path.exists() and 'members' in json.loads(summary_path.read_text()):
     log.info('%s holds a trained population; nothing to do', workdir)

@@ -10,6 +10,7 @@ is spread over machines by starting the same command several times.
 import ast
 import copy
 import csv
+import difflib
 import fcntl
 import json
 import logging
@@ -58,7 +59,13 @@ def parse_space(config) -> dict[str, tuple[str, list]]:
   for entry in config.sweep.space:
     key, _, spec = (part.strip() for part in entry.partition('='))
     match = re.fullmatch(r'(\w+)\((.*)\)', spec, re.DOTALL)
-    if not key or not match or match[1] not in SPECS:
+    if key and match and match[1] not in SPECS:
+      close = difflib.get_close_matches(match[1], SPECS, n=1)
+      raise config_lib.ConfigError(
+          f'sweep.space entry {entry!r}: the spec {match[1]!r} is not known'
+          f'{f" (did you mean {close[0]!r}?)" if close else ""}; a spec is one of: '
+          f'{", ".join(SPECS.values())}')
+    if not key or not match:
       raise config_lib.ConfigError(f'sweep.space entry {entry!r} is not key=spec; a spec is one of: '
                                    f'{", ".join(SPECS.values())}')
     config_lib.check_key(config, key)
@@ -224,7 +231,7 @@ def _report(study, space: dict, metric: str, workdir: pathlib.Path) -> dict:
   print('  '.join(f'{c:>14}' for c in columns))
   for row in rows:
     print('  '.join(f'{v:>14.4g}' if isinstance(v, float) else f'{v!s:>14}' for v in map(row.get, columns)))
-  _plot(rows, space, metric, workdir / PLOT_FILE)
+  plot_trials(rows, space, metric, workdir / PLOT_FILE)
   complete = [t for t in study.trials if t.state.name == 'COMPLETE']
   best = None
   if complete:
@@ -239,24 +246,38 @@ def _last(values: dict):
   return values[max(values)] if values else None
 
 
-def _plot(rows: list[dict], space: dict, metric: str, path: pathlib.Path) -> None:
+def _category_order(value) -> tuple:
+  """Numbers first, by value, then everything else by its text."""
+  number = isinstance(value, int | float) and not isinstance(value, bool)
+  return (not number, value if number else str(value))
+
+
+def plot_trials(rows: list[dict], space: dict, metric: str, path: pathlib.Path):
   """The metric against each hyperparameter; pruned trials in grey at their last reported value."""
   import matplotlib.pyplot as plt  # noqa: PLC0415 - only the sweep's plot needs matplotlib.
+  from matplotlib import ticker  # noqa: PLC0415
 
   path.parent.mkdir(parents=True, exist_ok=True)
   fig, axes = plt.subplots(1, len(space), figsize=(4 * len(space), 3.2), squeeze=False)
   for ax, (key, (kind, _)) in zip(axes[0], space.items(), strict=True):
+    categorical = kind in ('choice', 'grid')
+    # Categories in sorted order (numbers by value), not in the order trials happened to draw them.
+    categories = sorted({r[key] for r in rows if r[key] is not None}, key=_category_order)
     for state, color in (('complete', 'tab:blue'), ('pruned', 'tab:gray')):
       points = [(r[key], r[metric]) for r in rows if r['state'] == state and r[metric] is not None]
       if points:
         xs, ys = zip(*points, strict=True)
-        ax.scatter([str(x) for x in xs] if kind in ('choice', 'grid') else xs, ys, c=color, label=state)
+        ax.scatter([categories.index(x) for x in xs] if categorical else xs, ys, c=color, label=state)
+    if categorical:
+      ax.set_xticks(range(len(categories)), [str(c) for c in categories])
     if kind == 'loguniform':
       ax.set_xscale('log')
+      ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # Labels at every minor tick overlap.
     ax.set_xlabel(key)
     ax.set_ylabel(metric)
   axes[0][0].legend()
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+  return fig
 

@@ -55,15 +55,15 @@ class FrozenBatchStats:
     return result, {**updated, 'batch_stats': stats}
 
 
-def source_config(path: str) -> ml_collections.ConfigDict:
-  """The config of the run that `init_from` names (a workdir or its checkpoints folder), from its
-  config.json; a ConfigError when there is no trained run there."""
+def source_config(path: str, key: str = 'init_from') -> ml_collections.ConfigDict:
+  """The config of the run that `key` (init_from, ensemble.members, ...) names (a workdir or its checkpoints
+  folder), from its config.json; a ConfigError naming `key` when there is no trained run there."""
   folder = checkpoint.checkpoint_dir(pathlib.Path(path))
   config_file = next((p / 'config.json' for p in (folder.parent, folder) if (p / 'config.json').exists()),
                      None)
   if not folder.is_dir() or config_file is None:
-    raise config_lib.ConfigError(f'init_from={path!r} holds no trained run (a workdir with config.json and '
-                                 'checkpoints/, or its checkpoints folder)')
+    raise config_lib.ConfigError(f'{key} names {str(path)!r}, which holds no trained run (a workdir with '
+                                 'config.json and checkpoints/, or its checkpoints folder); train it first')
   source = config_lib.defaults()
   config_lib.override(source, config_lib.flatten(json.loads(config_file.read_text())))
   return source
