@@ -1,18 +1,42 @@
-"""jaxtrain: a functional training framework on JAX and Flax."""
+"""jaxtrain: a functional training framework on JAX and Flax.
 
-from jaxtrain import data
-from jaxtrain.api import evaluate, fit
-from jaxtrain.callbacks.nonfinite import NonFiniteError
-from jaxtrain.checkpoint import Preempted
-from jaxtrain.config import ConfigError, load_config
-from jaxtrain.diagnostics.doctor import doctor
-from jaxtrain.diagnostics.lr_find import lr_find
-from jaxtrain.engine import Callback, Trainer
-from jaxtrain.experiments.sweep import sweep
-from jaxtrain.generation import generate
-from jaxtrain.history import Run
-from jaxtrain.tasks import Task
+The names below are imported on first use (PEP 562), so `import jaxtrain` costs almost nothing and a
+command or a Grain worker process pays only for what it touches.
+"""
+
+import importlib
 
 __version__ = '0.1.0'
-__all__ = ['Callback', 'ConfigError', 'NonFiniteError', 'Preempted', 'Run', 'Task', 'Trainer', 'data',
-           'doctor', 'evaluate', 'fit', 'generate', 'load_config', 'lr_find', 'sweep']
+
+# name -> the module that defines it ('data' is the subpackage itself).
+_EXPORTS = {
+    'Callback': 'jaxtrain.engine',
+    'ConfigError': 'jaxtrain.config',
+    'NonFiniteError': 'jaxtrain.callbacks.nonfinite',
+    'Preempted': 'jaxtrain.checkpoint',
+    'Run': 'jaxtrain.history',
+    'Task': 'jaxtrain.tasks',
+    'Trainer': 'jaxtrain.engine',
+    'data': 'jaxtrain.data',
+    'doctor': 'jaxtrain.diagnostics.doctor',
+    'evaluate': 'jaxtrain.api',
+    'fit': 'jaxtrain.api',
+    'generate': 'jaxtrain.generation',
+    'load_config': 'jaxtrain.config',
+    'lr_find': 'jaxtrain.diagnostics.lr_find',
+    'sweep': 'jaxtrain.experiments.sweep',
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+  if name not in _EXPORTS:
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+  module = importlib.import_module(_EXPORTS[name])
+  value = module if name == 'data' else getattr(module, name)
+  globals()[name] = value
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted([*globals(), *_EXPORTS])

@@ -119,9 +119,11 @@ def _train(exp: build.Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkp
                                                past, primary, extra_writers)
   best = best_checkpoint.BestCheckpoint(config.checkpoint)
   stopper = early_stopping.EarlyStopping(config.early_stopping) if config.early_stopping.patience else None
+  target = early_stopping.Target(config.early_stopping.target) if config.early_stopping.target else None
   callbacks = engine.CallbackList([
       nonfinite.NonFiniteGuard(), metric_writers.WriteMetrics(writer), layer_stats.LayerStats(writer),
       plateau.Plateau(exp.program.optimizer), best, *([stopper] if stopper else []),
+      *([target] if target else []),
       *([snapshots.Snapshots(workdir, config, exp.total_steps)] if config.checkpoint.snapshots else []),
       *user_callbacks, preemption.Preemption()])
   started = time.time()
@@ -145,6 +147,8 @@ def _train(exp: build.Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkp
     summary['stop_reason'] = trainer.stop_reason
   if stopper and stopper.stopped:
     summary['stopped_early'] = True
+  if target and target.reached:
+    summary.update(target.reached)
   if primary:
     (workdir / history.SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + '\n')
     history.plot_history(records, workdir / history.CURVES_FILE)

@@ -9,6 +9,7 @@ by the registry that owns them (`lookup`), so the list of allowed names is writt
 import difflib
 import importlib.util
 import pathlib
+import re
 from collections.abc import Collection, Mapping
 
 import ml_collections
@@ -146,6 +147,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.early_stopping.mode = 'min'
   c.early_stopping.patience = 0  # Evaluations without an improvement of more than min_delta; 0 = off.
   c.early_stopping.min_delta = 0.0
+  # Time to quality (MLPerf): stop at the first evaluation where this holds, e.g. 'eval/accuracy>=0.98'
+  # (>=, >, <=, <); summary.json records target_reached_step and target_reached_s. '' = off.
+  c.early_stopping.target = ''
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.strategy = 'auto'  # auto|single|mesh|pmap (jaxtrain/parallel.py).
@@ -317,6 +321,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_range(config, ('checkpoint.mode', 'early_stopping.mode'), lambda m: m in ('min', 'max'),
                "choose 'min' or 'max'")
   _check_range(config, ('train.nonfinite',), lambda m: m in ('halt', 'skip'), "choose 'halt' or 'skip'")
+  if config.early_stopping.target:
+    parse_target(config.early_stopping.target)
+    if config.population.size > 1:
+      raise ConfigError('early_stopping.target stops a single run; a population (population.size > 1) '
+                        'trains its members to the end: set one or the other')
   _check_range(config, ('data.in_memory',), lambda m: m in ('auto', 'true', 'false'),
                "choose 'auto', 'true' or 'false'")
   _check_range(config, ('data.seq_len', 'model.max_len', 'generate.max_tokens'), lambda v: v >= 2,
@@ -362,10 +371,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       'set one, e.g. --config.train.num_steps=500')
 
 
+_TARGET = re.compile(r'\s*([\w/]+)\s*(>=|<=|>|<)\s*([-+.\deE]+)\s*')
+
+
+def parse_target(target: str) -> tuple[str, str, float]:
+  """'eval/accuracy>=0.98' -> ('eval/accuracy', '>=', 0.98); a ConfigError says the form."""
+  match = _TARGET.fullmatch(target)
+  try:
+    return match[1], match[2], float(match[3])
+  except (TypeError, ValueError):
+    raise ConfigError(f'early_stopping.target={target!r} is not <metric><op><value>; write e.g. '
+                      "'eval/accuracy>=0.98' (op: >=, >, <=, <)") from None
+
+
 def check_monitors(config: ml_collections.ConfigDict, produced: Collection[str]) -> None:
   """Every metric a config watches must be one that evaluation produces (`produced`: 'eval/loss', ...)."""
   watched = {'checkpoint.monitor': config.checkpoint.monitor,
              'early_stopping.monitor': config.early_stopping.monitor}
+  if config.early_stopping.target:
+    watched['early_stopping.target'] = parse_target(config.early_stopping.target)[0]
   if config.sweep.space:
     watched['sweep.metric'] = config.sweep.metric
   for key, name in watched.items():

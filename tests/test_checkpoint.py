@@ -231,3 +231,18 @@ def test_a_diverging_run_exits_1_from_the_command_line(data_dir, tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 1, result.stderr
   assert result.stderr.count('error: training halted at step') == 1 and 'Traceback' not in result.stderr
+
+
+def test_a_quality_target_stops_the_run_and_records_when_it_was_reached(make_config, tmp_path):
+  config = make_config(**{'train.num_steps': 400, 'train.eval_every_steps': 20, 'optim.lr': 3e-3,
+                          'early_stopping.target': 'eval/accuracy>=0.9'})
+  run = jaxtrain.fit(config, tmp_path)
+  evals = [r for r in run.history if 'eval/accuracy' in r]
+  assert evals[-1]['eval/accuracy'] >= 0.9 > max(r['eval/accuracy'] for r in evals[:-1])
+  assert run.summary['target_reached_step'] == evals[-1]['step'] == run.summary['steps'] < 400
+  assert 0 < run.summary['target_reached_s'] < run.summary['wall_s']
+  assert run.summary['stop_reason'] == 'target eval/accuracy>=0.9 reached'
+  for target, message in (('eval/acc>=0.9', "early_stopping.target='eval/acc' is not a metric"),
+                          ('accuracy=0.9', 'is not <metric><op><value>')):
+    with pytest.raises(jaxtrain.ConfigError, match=message):
+      jaxtrain.fit(make_config(**{'early_stopping.target': target}), tmp_path / 'bad')

@@ -7,7 +7,6 @@ The train/test split is fixed (a seeded permutation, 1,437 train / 360 test) so 
 
 import numpy as np
 import tensorflow_datasets as tfds
-from sklearn.datasets import load_digits
 
 _NUM_TEST = 360
 _SPLIT_SEED = 20240101
@@ -32,6 +31,10 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # The data ships with scikit-learn.
+    # Imported here: scikit-learn costs ~2 s to import and is needed once, to prepare the files; reading
+    # them afterwards needs only TFDS.
+    from sklearn.datasets import load_digits  # noqa: PLC0415
+
     digits = load_digits()
     images = digits.images.astype(np.uint8)[..., None]
     order = np.random.default_rng(_SPLIT_SEED).permutation(len(images))
