@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxtrain import build
 from jaxtrain.config import ConfigError
-from jaxtrain.data import text
+from jaxtrain.data import tokenization
 from jaxtrain.models.gpt import GPT
 
 # Applying a model never calls its initializers, but they are fields, and jit tells models apart by their
@@ -39,7 +39,7 @@ def generate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, pro
   if not isinstance(module, GPT):
     raise ConfigError(f"--mode generate needs a language model (model.name='gpt'), not "
                       f'model.name={config.model.name!r}')
-  tokenizer = text.tokenizer(config.data.tokenizer)
+  tokenizer = tokenization.tokenizer(config.data.tokenizer)
   prompt = c.prompt if prompt is None else prompt
   ids = np.asarray(tokenizer.encode(prompt), np.int32) if prompt else np.asarray([tokenizer.eos_id], np.int32)
   state, _ = build.trained_state(exp, pathlib.Path(workdir))

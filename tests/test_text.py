@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jaxtrain.config import ConfigError
-from jaxtrain.data import records, text
+from jaxtrain.data import records, text, tokenization
 
 EOS = 99
 CORPUS = ['the cat sat on the mat. ' * 8, 'a dog ate the bone! ' * 5, 'birds fly over the sea; ' * 6,
@@ -41,7 +41,7 @@ def write_corpus(folder: pathlib.Path, documents=CORPUS) -> str:
 # Tokenizers.
 
 def test_byte_tokenizer_round_trips_any_text_and_skips_ids_outside_the_bytes():
-  tok = text.tokenizer('bytes')
+  tok = tokenization.tokenizer('bytes')
   assert (tok.vocab_size, tok.eos_id) == (257, 256)
   sample = 'naïve café — 日本語 🙂'
   ids = tok.encode(sample)
@@ -54,7 +54,7 @@ def test_byte_tokenizer_round_trips_any_text_and_skips_ids_outside_the_bytes():
 
 def test_unknown_tokenizer_kind_is_a_config_error_listing_the_kinds():
   with one_line_error(r"data.tokenizer='wordpiece:x' is not a tokenizer; use one of bytes, sentencepiece"):
-    text.tokenizer('wordpiece:x')
+    tokenization.tokenizer('wordpiece:x')
 
 
 @pytest.mark.parametrize('kind', ['sentencepiece', 'huggingface'])
@@ -62,11 +62,11 @@ def test_a_missing_or_broken_tokenizer_file_is_a_config_error_naming_it(kind, tm
   pytest.importorskip('sentencepiece' if kind == 'sentencepiece' else 'tokenizers')
   expected = 'SentencePiece model' if kind == 'sentencepiece' else 'Hugging Face tokenizers JSON'
   with one_line_error(f'names no file; give the path of .*{expected}'):
-    text.tokenizer(f'{kind}:{tmp_path}/missing')
+    tokenization.tokenizer(f'{kind}:{tmp_path}/missing')
   broken = tmp_path / 'broken'
   broken.write_text('not a model')
   with one_line_error(f"data.tokenizer='{kind}:{broken}' does not load as a {expected}"):
-    text.tokenizer(f'{kind}:{broken}')
+    tokenization.tokenizer(f'{kind}:{broken}')
 
 
 @pytest.mark.parametrize('kind, module', [('sentencepiece', 'sentencepiece'), ('huggingface', 'tokenizers')])
@@ -75,7 +75,7 @@ def test_a_missing_optional_package_says_how_to_install_it(kind, module, tmp_pat
   model.write_text('x')
   monkeypatch.setitem(sys.modules, module, None)  # `import` raises ImportError.
   with one_line_error(rf"needs the {module} package.*pip install 'jaxtrain\[text\]'"):
-    text.tokenizer(f'{kind}:{model}')
+    tokenization.tokenizer(f'{kind}:{model}')
 
 
 def sentencepiece_model(tmp_path: pathlib.Path, **options) -> str:
@@ -87,14 +87,14 @@ def sentencepiece_model(tmp_path: pathlib.Path, **options) -> str:
 
 
 def test_sentencepiece_model_encodes_decodes_and_prepares(tmp_path):
-  tok = text.tokenizer(f'sentencepiece:{sentencepiece_model(tmp_path)}')
+  tok = tokenization.tokenizer(f'sentencepiece:{sentencepiece_model(tmp_path)}')
   assert tok.eos_id == 2 and tok.vocab_size >= 3  # spm_train's default ids: unk 0, bos 1, eos 2.
   ids = tok.encode('the cat ate the bone')
   assert tok.eos_id not in ids and all(0 <= i < tok.vocab_size for i in ids)
   assert tok.decode([*ids, tok.eos_id, -1]) == 'the cat ate the bone'
   assert tok.fingerprint.startswith('sentencepiece:')
 
-  no_eos = text.tokenizer(f'sentencepiece:{sentencepiece_model(tmp_path, eos_id=-1)}')
+  no_eos = tokenization.tokenizer(f'sentencepiece:{sentencepiece_model(tmp_path, eos_id=-1)}')
   assert no_eos.eos_id == no_eos.vocab_size - 1  # A dedicated id after the model's pieces.
   assert no_eos.decode([*no_eos.encode('a dog'), no_eos.eos_id]) == 'a dog'
 
@@ -116,7 +116,7 @@ def test_huggingface_tokenizer_encodes_decodes_and_prepares(tmp_path):
       show_progress=False))
   path = tmp_path / 'tokenizer.json'
   model.save(str(path))
-  tok = text.tokenizer(f'huggingface:{path}')
+  tok = tokenization.tokenizer(f'huggingface:{path}')
   assert tok.eos_id == 1 and tok.vocab_size == model.get_vocab_size()
   sample = 'the dog swims — café'
   ids = tok.encode(sample)
@@ -125,7 +125,7 @@ def test_huggingface_tokenizer_encodes_decodes_and_prepares(tmp_path):
   words = tokenizers.Tokenizer(models.WordLevel({'[UNK]': 0, 'cat': 1, 'dog': 2}, unk_token='[UNK]'))
   words.pre_tokenizer = pre_tokenizers.Whitespace()
   words.save(str(tmp_path / 'words.json'))
-  no_eos = text.tokenizer(f'huggingface:{tmp_path / "words.json"}')
+  no_eos = tokenization.tokenizer(f'huggingface:{tmp_path / "words.json"}')
   assert (no_eos.eos_id, no_eos.vocab_size) == (3, 4)  # No eos token: a dedicated id after the vocabulary.
   assert no_eos.encode('cat dog') == [1, 2]
 
@@ -213,7 +213,7 @@ def test_prepare_text_files_caches_and_carves_the_last_sequences_for_validation(
     assert pathlib.Path(path).is_file()
 
   # The validation rows are the last 25% of the sequences of the whole corpus, packed in file order.
-  tok = text.ByteTokenizer()
+  tok = tokenization.ByteTokenizer()
   everything = list(text.pack([tok.encode(document) for document in CORPUS], 32, tok.eos_id))
   num_val = round(0.25 * len(everything))
   train, validation = read(prepared.train), read(prepared.eval)
@@ -265,7 +265,7 @@ def test_python_docs_is_the_help_text_of_this_python(tmp_path):
   train, validation = read(prepared.train), read(prepared.eval)
   real_targets = sum(int((split['targets'] != -1).sum()) for split in (train, validation))
   assert real_targets == sum(len(topic.encode()) for topic in topics.values()) > 400_000
-  assert text.ByteTokenizer().decode(train['tokens'][0]).startswith(topics[sorted(topics)[0]][:100])
+  assert tokenization.ByteTokenizer().decode(train['tokens'][0]).startswith(topics[sorted(topics)[0]][:100])
 
 
 def test_tiny_shakespeare_through_mock_data_uses_its_own_splits(tmp_path):
@@ -285,7 +285,7 @@ def test_tiny_shakespeare_through_mock_data_uses_its_own_splits(tmp_path):
       'train.array_record', 'validation.array_record', 'test.array_record']
   train = read(prepared.train)
   assert len(train['tokens']) == -(-(sum(len(d) + 1 for d in corpus['train']) - 1) // 8)
-  assert text.ByteTokenizer().decode(train['tokens'].ravel()).startswith(corpus['train'][0])
+  assert tokenization.ByteTokenizer().decode(train['tokens'].ravel()).startswith(corpus['train'][0])
 
 
 def test_an_unprepared_tfds_data_set_says_how_to_prepare_it(tmp_path):
