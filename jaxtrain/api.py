@@ -22,6 +22,7 @@ from jaxtrain import config as config_lib
 from jaxtrain import state as state_lib
 from jaxtrain.callbacks import (
     best_checkpoint,
+    dynamics,
     early_stopping,
     layer_stats,
     nonfinite,
@@ -30,6 +31,7 @@ from jaxtrain.callbacks import (
     snapshots,
 )
 from jaxtrain.callbacks import writers as metric_writers
+from jaxtrain.diagnostics import run_report
 from jaxtrain.experiments import ensemble, population, transfer
 
 log = logging.getLogger('jaxtrain')
@@ -125,8 +127,12 @@ def _train(exp: build.Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkp
       plateau.Plateau(exp.program.optimizer), best, *([stopper] if stopper else []),
       *([target] if target else []),
       *([snapshots.Snapshots(workdir, config, exp.total_steps)] if config.checkpoint.snapshots else []),
+      *([dynamics.PredictionDynamics(config.diagnostics.fixed_batch, primary)]
+        if config.diagnostics.fixed_batch else []),
       *user_callbacks, preemption.Preemption()])
   started = time.time()
+  if config.diagnostics.report and primary and start == 0:
+    run_report.at_start(exp, state, stats, workdir)
   try:
     engine.run(trainer, callbacks, restored.data if restored else data.stream_state(0))
     steps_done = int(jax.device_get(trainer.state.step))
@@ -135,6 +141,8 @@ def _train(exp: build.Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkp
       ckpt.wait()
       state, last_eval = ckpt.restore(abstract_state, best.best.step).state, None
     final = evaluation.final_metrics(exp, state, stats, last_eval)
+    report, findings = (run_report.at_end(exp, state, stats, final, workdir, primary)
+                        if config.diagnostics.report else ({}, []))
     writer.write({'step': steps_done, 'epoch': steps_done / exp.steps_per_epoch,
                   **{k: v for k, v in final.items() if k.startswith('test/')}})
   finally:
@@ -142,7 +150,8 @@ def _train(exp: build.Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkp
     callbacks.close()
   records = history.read_metrics(workdir)
   summary = {'steps': steps_done, 'wall_s': time.time() - started, 'best_step': best.best.step,
-             'best': best.best.record, 'final': final, 'diagnosis': evaluation.diagnose(records)}
+             'best': best.best.record, 'final': final, **report,
+             'diagnosis': evaluation.diagnose(records) + findings}
   if trainer.stop_reason:
     summary['stop_reason'] = trainer.stop_reason
   if stopper and stopper.stopped:

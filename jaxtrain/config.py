@@ -19,6 +19,11 @@ class ConfigError(ValueError):
   """A config, data set or workdir a run cannot start with; the CLI prints it as one `error:` line."""
 
 
+# The doctor's groups of checks (diagnostics/doctor.py) and its optional comparisons.
+DOCTOR_CHECKS = ('data', 'init', 'training', 'learning_rate', 'baselines', 'curves')
+DOCTOR_COMPARISONS = ('', 'regularization', 'norm')
+
+
 def defaults() -> ml_collections.ConfigDict:
   """The complete set of keys; configs in `configs/` override a few of them."""
   c = ml_collections.ConfigDict()
@@ -191,6 +196,11 @@ def defaults() -> ml_collections.ConfigDict:
   # In-graph per-layer statistics during training, logged as diag/... (jaxtrain/diagnostics/training.py).
   c.diagnostics = ml_collections.ConfigDict()
   c.diagnostics.every_steps = 0  # 0 = off; other steps run the plain step and pay nothing.
+  # plots/batch.png at the start; at the end the baselines next to the final metrics, the confusion matrix
+  # (summary.json, plots/confusion.png) and the worst eval examples (plots/examples.png).
+  c.diagnostics.report = True
+  # Predictions on this many fixed eval examples at every evaluation: dynamics.jsonl, plots/dynamics.png.
+  c.diagnostics.fixed_batch = 0
 
   # --mode doctor: checks the model, data and optimizer before a long run (jaxtrain/diagnostics/doctor.py).
   c.doctor = ml_collections.ConfigDict()
@@ -198,6 +208,13 @@ def defaults() -> ml_collections.ConfigDict:
   c.doctor.overfit_steps = 100  # Steps on one batch (regularization off) that must memorize it.
   c.doctor.flow_steps = 10  # Gradients and activations are measured at init and after this many steps.
   c.doctor.lr_find_steps = 60  # Length of the doctor's short LR range test (lr_find.min_lr to max_lr).
+  c.doctor.baseline_steps = 100  # Steps of the input-independent baseline and of its twin with inputs.
+  # The groups of checks to run (see DOCTOR_CHECKS); leave one out to save its time.
+  c.doctor.checks = DOCTOR_CHECKS
+  # ''|regularization|norm: also train briefly with and without the regularization (dropout, weight decay,
+  # L1/L2, augmentation, label smoothing) or BatchNorm, and compare (the slow check, only when asked).
+  c.doctor.compare = ''
+  c.doctor.compare_steps = 300
 
   # --mode lr_find: Leslie Smith's learning-rate range test (jaxtrain/diagnostics/lr_find.py).
   c.lr_find = ml_collections.ConfigDict()
@@ -344,6 +361,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
                lambda v: v >= 1, 'it must be >= 1')
   _check_range(config, ('doctor.flow_steps',), lambda v: v <= config.doctor.overfit_steps,
                f'it must be <= doctor.overfit_steps={config.doctor.overfit_steps}')
+  _check_range(config, ('doctor.baseline_steps', 'doctor.compare_steps'), lambda v: v >= 1, 'it must be >= 1')
+  _check_range(config, ('doctor.checks',), lambda v: set(v) <= set(DOCTOR_CHECKS),
+               f'choose among {", ".join(DOCTOR_CHECKS)}')
+  _check_range(config, ('doctor.compare',), lambda v: v in DOCTOR_COMPARISONS,
+               "choose '' (none), 'regularization' or 'norm'")
+  _check_range(config, ('diagnostics.fixed_batch',), lambda v: 0 <= v <= config.data.eval_batch_size,
+               f'it must be in 0..data.eval_batch_size={config.data.eval_batch_size}')
   _check_range(config, ('doctor.lr_find_steps', 'lr_find.num_steps', 'lr_find.num_parallel'),
                lambda v: v >= 2, 'it must be >= 2')
   _check_range(config, ('lr_find.min_lr',), lambda v: v > 0, 'it must be > 0')
@@ -359,6 +383,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.population.size > 1 and config.diagnostics.every_steps:
     raise ConfigError('diagnostics.every_steps > 0 is not supported with population.size > 1 (per-layer '
                       'statistics are per run); set --config.diagnostics.every_steps=0')
+  if config.population.size > 1 and config.diagnostics.fixed_batch:
+    raise ConfigError('diagnostics.fixed_batch > 0 follows the predictions of one run, not of a population '
+                      '(population.size > 1); set --config.diagnostics.fixed_batch=0')
   for key in ('population.lr', 'population.weight_decay', 'population.seed'):
     values = config.population[key.split('.')[1]]
     if values and len(values) != config.population.size:

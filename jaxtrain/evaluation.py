@@ -15,20 +15,26 @@ from jaxtrain.diagnostics import curves
 log = logging.getLogger('jaxtrain')
 
 
-def split_metrics(exp, state, stats: dict, split: str) -> dict:
+def split_metrics(exp, state, stats: dict, split: str, eval_step=None) -> dict:
   """`{split/name: mean}` of the task's metrics over every example of `exp.splits.<split>` (padding masked
   out); sums stay on the device until one fetch at the end."""
-  examples = getattr(exp.splits, split)
+  return metrics_of(exp, state, stats, getattr(exp.splits, split), split, eval_step)
+
+
+def metrics_of(exp, state, stats: dict, examples, prefix: str, eval_step=None) -> dict:
+  """`{prefix/name: mean}` over every example of `examples` (a split, or a part of one). `eval_step`
+  (state, batch) -> sums replaces the run's own (a baseline's outputs, a diagnostic's model)."""
+  eval_step = eval_step or exp.program.eval_step
   batches = data.eval_batches(examples, stats, exp.config.data.eval_batch_size, exp.strategy.process_shard)
   totals = None
   for batch in data.iterate(batches, workers=data.workers(examples, exp.config.data.workers)):
-    sums = exp.program.eval_step(state, exp.strategy.place_batch(batch))
+    sums = eval_step(state, exp.strategy.place_batch(batch))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   if np.ndim(totals['count']):  # A population: one set of sums per member, reported as '<name>/m<i>'.
-    return {f'{split}/{key}/m{i}': value for i in range(len(totals['count']))
+    return {f'{prefix}/{key}/m{i}': value for i in range(len(totals['count']))
             for key, value in tasks.summarize(jax.tree.map(lambda x, i=i: x[i], totals)).items()}
-  return {f'{split}/{key}': value for key, value in tasks.summarize(totals).items()}
+  return {f'{prefix}/{key}': value for key, value in tasks.summarize(totals).items()}
 
 
 def final_metrics(exp, state, stats: dict, evaluation: dict | None = None) -> dict:

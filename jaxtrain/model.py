@@ -7,6 +7,11 @@ The steps are written once against Linen's calling convention, `init(rng, batch)
 * the batch keys named by `model.inputs` (default `('image',)`) are passed positionally;
 * `train=` (or `deterministic=not train`) is passed when the module's `__call__` takes it; an NNX module
   without either is switched with its own `.train()` / `.eval()`;
+* `without_dropout()` gives the same model in training mode (BatchNorm updating its statistics) with every
+  dropout layer passing its input through: Linen's `nn.Dropout` and the zoo's `layers.Dropout` are
+  intercepted, NNX's `nnx.Dropout` made deterministic. The doctor's overfit-one-batch check needs exactly
+  that, on any model; regularization written by hand (a `make_rng('dropout')` of a module's own) is out of
+  its reach, so write it as a dropout layer or take `train`/`deterministic`;
 * an NNX module is split into its `nnx.Param`s ('params') and its other variables, e.g. `BatchStat`
   ('batch_stats'), and merged again inside the pure step (`nnx.split` / `nnx.merge`), so its state is one
   pytree that jit, shardings and orbax handle like Linen's. Its `nnx.Rngs` streams are re-keyed from the
@@ -16,6 +21,7 @@ An NNX module arrives initialized: its own `nnx.Rngs` seed decides its initial w
 way to re-run its constructor), while `seed` still decides dropout and the data order.
 """
 
+import contextlib
 import dataclasses
 import inspect
 from typing import Any
@@ -84,6 +90,7 @@ class Model:
 
   module: Any
   inputs: tuple[str, ...] = DEFAULT_INPUTS
+  dropout: bool = True  # False: dropout layers pass their input through, in training mode too.
 
   @property
   def is_nnx(self) -> bool:
@@ -95,6 +102,9 @@ class Model:
 
   def _args(self, batch: dict) -> list:
     return [batch[key] for key in self.inputs]
+
+  def without_dropout(self) -> 'Model':
+    return dataclasses.replace(self, dropout=False)
 
   # Linen ---------------------------------------------------------------------------------------------
 
@@ -131,8 +141,9 @@ class Model:
     if not self.is_nnx:
       keyword = _mode_keyword(type(self.module).__call__)
       variables = {key: value for key, value in variables.items() if value or key == 'params'}
-      return self.module.apply(variables, *self._args(batch), **_mode(keyword, train), rngs=rngs,
-                               mutable=mutable, capture_intermediates=capture_intermediates)
+      with nn.intercept_methods(_dropout_off) if not self.dropout else contextlib.nullcontext():
+        return self.module.apply(variables, *self._args(batch), **_mode(keyword, train), rngs=rngs,
+                                 mutable=mutable, capture_intermediates=capture_intermediates)
     graphdef, params, rng_state, rest = nnx.split(self.module, nnx.Param, nnx.RngState, ...)
     # Always fresh RNG variables: the split ones belong to the module outside this trace, which NNX (rightly)
     # refuses to mutate from inside it. Without a dropout key (eval, probes), a fixed one.
@@ -142,6 +153,10 @@ class Model:
     keyword = _mode_keyword(type(module).__call__)
     if keyword is None:
       module.train() if train else module.eval()
+    if not self.dropout:
+      for _, layer in nnx.iter_modules(module):
+        if isinstance(layer, nnx.Dropout):
+          layer.deterministic = True
     outputs = module(*self._args(batch), **_mode(keyword, train))
     if not mutable:
       return outputs
@@ -176,6 +191,13 @@ class Model:
     with nn.intercept_methods(record):
       jax.eval_shape(lambda: self.init(jax.random.PRNGKey(0), batch))
     return order
+
+
+def _dropout_off(call, args, kwargs, context):
+  """A Linen method interceptor: a dropout layer's call returns its input; every other call runs."""
+  if context.method_name == '__call__' and isinstance(context.module, (nn.Dropout, layers.Dropout)):
+    return args[0] if args else kwargs['inputs']
+  return call(*args, **kwargs)
 
 
 def _definition_order(module, prefix: str = ''):

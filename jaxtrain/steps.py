@@ -41,7 +41,7 @@ def make_loss_fn(model, optim_config, task: tasks.Task = CLASSIFICATION, capture
   return loss_fn
 
 
-def _augmented(augment, state: TrainState, batch: dict) -> dict:
+def augmented(augment, state: TrainState, batch: dict) -> dict:
   """The batch as the step at `state.step` trains on it: `augment(rng, images)` drawn from the step key,
   on the 'image' key (build.prepare refuses augmentation for data without one, so only `data.augment=none`
   meets such a batch)."""
@@ -113,7 +113,7 @@ def make_train_step(model, optimizer: optim.Optimizer, optim_config, nonfinite: 
 
   def train_step(state: TrainState, batch: dict):
     rng = jax.random.fold_in(state.rng, state.step)
-    batch = _augmented(augment, state, batch)
+    batch = augmented(augment, state, batch)
     grads, loss, task_metrics, new_batch_stats, activations = gradients(state, batch, rng)
     axis = layers.current_data_axis()
     if axis:  # pmap: each device's metrics are of its slice of the batch. So are a user model's BatchNorm
@@ -171,7 +171,7 @@ def make_forensics(model, optim_config, task: tasks.Task = CLASSIFICATION, augme
   loss_fn = make_loss_fn(model, optim_config, task)
 
   def forensics(state: TrainState, batch: dict):
-    batch = _augmented(augment, state, batch)
+    batch = augmented(augment, state, batch)
     grads, (loss, _, _) = jax.grad(loss_fn, has_aux=True)(state.params, state, batch)
     _, captured = model.apply(variables(state), batch, train=True, capture_intermediates=True,
                               rngs={'dropout': jax.random.fold_in(state.rng, state.step)},

@@ -90,8 +90,9 @@ def test_doctor_and_lr_find_leave_a_trained_run_untouched(make_config, data_dir,
   saved = json.loads((workdir / 'lr_find.json').read_text())
   assert saved['suggested_lr'] == suggested and len(saved['lrs']) == len(saved['losses']) <= 30
   assert (workdir / 'plots' / 'lr_find.png').exists()
-  written = ('doctor.json', 'lr_find.json', 'plots/gradient_flow.png', 'plots/lr_find.png')
-  assert {k: v for k, v in snapshot(workdir).items() if k not in written} == before
+  written = ('doctor.json', 'lr_find.json', 'plots/gradient_flow.png', 'plots/lr_find.png', 'plots/batch.png')
+  assert ({k: v for k, v in snapshot(workdir).items() if k not in written}
+          == {k: v for k, v in before.items() if k not in written})
 
   fresh = tmp_path / 'fresh'
   result = cli('--config', str(CONFIGS / 'digits_mlp.py'), '--mode=doctor', '--config.lr_find.smoothing=1.5',
@@ -111,8 +112,9 @@ def test_cli_doctor_passes_the_default_job(data_dir, tmp_path):
   assert 'fail' not in found.values(), result.stdout
   assert set(found) == {'initial_loss', 'output_layer', 'labels', 'class_balance', 'finite_inputs',
                         'input_scale', 'overfit_batch', 'vanishing_gradients', 'exploding_gradients',
-                        'dead_relu', 'update_ratio', 'learning_rate'}
-  assert sorted(p.name for p in tmp_path.rglob('*') if p.is_file()) == ['doctor.json', 'gradient_flow.png']
+                        'dead_relu', 'update_ratio', 'learning_rate', 'majority_baseline', 'input_independent'}
+  assert sorted(p.name for p in tmp_path.rglob('*') if p.is_file()) == ['batch.png', 'doctor.json',
+                                                                        'gradient_flow.png']
 
 
 @pytest.mark.parametrize('overrides, message', [

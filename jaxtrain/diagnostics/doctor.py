@@ -1,11 +1,16 @@
-"""The training doctor: the sanity checks of notes 003 and 004, run on the configured model and data.
+"""The training doctor: the sanity checks of notes 002-004, run on the configured model and data.
 
 Networks fail silently (note 004): a wrong loss, a bad initialization or learning rate still trains, just
 badly. Before a long run the doctor measures, in seconds, what gives these bugs away, and grades each
 measurement against what a healthy run shows: `pass`, `warn` or `fail`, with advice. Training-style
 measurements use the configured model and optimizer with regularization off (dropout, weight decay, L1, L2)
 at the configured peak learning rate held constant, as note 004 prescribes for overfitting one batch; the
-short LR range test reuses that compiled step. Only doctor.json and plots/gradient_flow.png are written.
+short LR range test and the baselines reuse that compiled step. Dropout is turned off through the model
+adapter (`Model.without_dropout`), so the checks run the same on a user's Linen or NNX model as on the zoo's.
+
+The checks come in groups (`doctor.checks`, see `GROUPS`); `doctor.compare` adds a slower comparison of
+training with and without regularization or BatchNorm (diagnostics/comparison.py). Only doctor.json and
+plots (gradient_flow.png, batch.png) are written.
 """
 
 import dataclasses
@@ -16,10 +21,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxtrain import data, steps, tasks
-from jaxtrain import model as model_lib
+from jaxtrain import data, evaluation, steps, tasks
 from jaxtrain.config import ConfigError
-from jaxtrain.diagnostics import curves, experiment, lr_find, plots, stats
+from jaxtrain.diagnostics import baselines, comparison, curves, experiment, lr_find, plots, stats, views
 from jaxtrain.history import read_metrics
 from jaxtrain.state import variables
 
@@ -74,6 +78,23 @@ def check_initial_loss(loss: float, chance: float) -> Check:
                f'about the chance loss {chance:.3g} (0.7x-1.5x)', advice)
 
 
+# Tasks whose loss applies a softmax or a sigmoid itself, so the model must output raw logits.
+LOGIT_TASKS = ('classification', 'segmentation', 'language_modeling', 'binary', 'multilabel')
+
+
+def probabilities(outputs: np.ndarray) -> str | None:
+  """What the outputs look like if they are probabilities: 'a softmax (...)' when every row is in [0, 1]
+  and sums to 1, 'a sigmoid (...)' when every value is strictly inside (0, 1) (a ReLU's exact zeros are
+  not); None for outputs that may be logits."""
+  if outputs.size == 0 or np.ptp(outputs) < 1e-6 or outputs.min() < 0 or outputs.max() > 1:
+    return None
+  if outputs.shape[-1] > 1 and np.allclose(outputs.sum(-1), 1, atol=1e-3):
+    return 'a softmax (every row of outputs is in [0, 1] and sums to 1)'
+  if outputs.min() > 0 and outputs.max() < 1:
+    return 'a sigmoid (every output is strictly between 0 and 1)'
+  return None
+
+
 def check_output_layer(logits: np.ndarray, num_classes: int, task: tasks.Task) -> Check:
   """The model's outputs must be what the task's loss expects: raw logits of the right width (note 004)."""
   problems = []
@@ -81,10 +102,10 @@ def check_output_layer(logits: np.ndarray, num_classes: int, task: tasks.Task) -
     task.check(logits.shape[1:], num_classes)
   except ConfigError as e:
     problems.append(str(e))
-  if np.ptp(logits) > 1e-6 and logits.min() >= 0 and logits.max() <= 1:
-    ending = 'a softmax (rows sum to 1)' if np.allclose(logits.sum(-1), 1, atol=1e-3) else 'a sigmoid'
-    problems.append(f'every output is in [0, 1]: the model ends in {ending}, but the loss applies its '
-                    'own softmax/sigmoid to raw logits; remove the output activation')
+  ending = probabilities(logits) if task.name in LOGIT_TASKS else None
+  if ending:
+    problems.append(f'the model ends in {ending}, but the {task.name} loss applies its own softmax/sigmoid '
+                    'to raw logits; remove the output activation (return the logits)')
   return Check('output_layer', 'fail' if problems else 'pass',
                f'{logits.shape[-1]} outputs in [{logits.min():.3g}, {logits.max():.3g}]',
                f'{task.head(num_classes)} raw logits for the {task.name} loss', ' '.join(problems))
@@ -240,6 +261,34 @@ def check_curves(history: list[dict]) -> Check:
                {f['name']: f['evidence'] for f in findings})
 
 
+def check_constant_baseline(name: str, baseline: dict, trained: dict | None, num_steps: int) -> Check:
+  """The best constant prediction's eval metrics (note 002's dumb baseline), against the model trained for
+  `num_steps` (the input-independent baseline's twin with inputs), which must already beat it."""
+  shown = ', '.join(f'{k} {v:.3g}' for k, v in baseline.items())
+  if trained is None:
+    return Check(f'{name}_baseline', 'pass', shown, 'a trained run must beat it (summary.json shows both)')
+  ok = baselines.beaten(trained['eval/loss'], baseline['eval/loss'])
+  return Check(f'{name}_baseline', _status(False, not ok), shown,
+               f'eval/loss below {baselines.MARGIN:g}x after {num_steps} steps with inputs '
+               f'(it is {trained["eval/loss"]:.3g})',
+               '' if ok else 'The model barely beats a constant prediction after these steps: look at '
+               'input_independent and learning_rate, or raise doctor.baseline_steps for a hard task.')
+
+
+def check_input_independent(with_inputs: dict, without: dict, num_steps: int) -> Check:
+  """The model trained on its inputs against the same model and batches with the inputs zeroed (note 002):
+  a model that ignores its inputs does exactly as well without them."""
+  ratio = with_inputs['eval/loss'] / max(without['eval/loss'], 1e-12)
+  return Check('input_independent', _status(ratio > 0.98, not baselines.beaten(with_inputs['eval/loss'],
+                                                                                without['eval/loss'])),
+               f'eval/loss {with_inputs["eval/loss"]:.3g} with inputs, {without["eval/loss"]:.3g} zeroed',
+               f'with inputs below {baselines.MARGIN:g}x the zeroed inputs\' loss after {num_steps} steps',
+               '' if ratio < baselines.MARGIN else
+               'The model learns (almost) nothing from its inputs: check that model.inputs names the keys '
+               'that carry the signal, that the model uses them (not only a bias), and that the inputs '
+               'are not constant after normalization (see input_scale).')
+
+
 def _probe(model, optim_config, task: tasks.Task, activation: str):
   """(state, batch) -> loss, logits, per-layer gradient and weight norms, and each activation layer's dead
   and saturated fractions: everything the doctor reads from one forward and backward pass, in one jit."""
@@ -260,14 +309,6 @@ def _probe(model, optim_config, task: tasks.Task, activation: str):
   return jax.jit(probe)
 
 
-def _without_dropout(model, user_model: bool):
-  """The model with dropout off for training-style checks: the zoo's by its `dropout` field; a user's model
-  keeps its own (its regularization is its code's, which the doctor cannot reach without a hook)."""
-  if user_model or not isinstance(model, model_lib.Model):
-    return model
-  return model_lib.Model(model.module.clone(dropout=0.0), model.inputs)
-
-
 def _host(moment: dict) -> dict:
   """A probe's output on the host: per-layer dicts of floats, the logits as an array."""
   moment = jax.device_get(moment)
@@ -275,58 +316,87 @@ def _host(moment: dict) -> dict:
           else jax.tree.map(float, v) for k, v in moment.items()}
 
 
-def _measure(exp, normalization: dict) -> dict:
-  """Runs the probes, the one-batch overfit and the range test; returns host numbers only."""
+def _input_independent(exp, normalization: dict, step, state, model) -> dict:
+  """Eval metrics of the model trained `doctor.baseline_steps` on the training stream, with its inputs
+  and with them zeroed (trained and evaluated so): {'with_inputs': ..., 'input_independent': ...}."""
+  config, keys = exp.config, set(exp.config.model.inputs)
+  plain_eval = steps.make_eval_step(model, exp.program.task)
+  results = {}
+  for name, blind in (('with_inputs', False), ('input_independent', True)):
+    trained = lr_find.with_lr(jax.tree.map(lambda x: x.copy(), state), config.optim.lr)
+    batches = experiment.batches(exp, normalization, config.data.batch_size)
+    for _, batch in zip(range(config.doctor.baseline_steps), batches, strict=False):
+      trained, _ = step(trained, exp.strategy.place_batch(baselines.zeroed(batch, keys) if blind else batch))
+    eval_step = jax.jit(lambda s, b, blind=blind: plain_eval(s, baselines.zeroed(b, keys) if blind else b))
+    results[name] = evaluation.split_metrics(exp, trained, normalization, 'eval', eval_step)
+  return results
+
+
+def _measure(exp, normalization: dict, groups: set[str]) -> dict:
+  """Runs the probes, the one-batch overfit, the range test and the baselines of the chosen groups;
+  returns host numbers only."""
   config = ml_collections.ConfigDict(exp.config.to_dict())  # Regularization off (note 004).
   config.optim.update(weight_decay=0.0, l1=0.0, l2=0.0)
   config.data.augment = 'none'
-  model = _without_dropout(exp.program.model, exp.user_model)
-  probe = _probe(model, config.optim, exp.program.task, config.model.activation)
-  step, state = lr_find.trainer(exp, model, config)
-  fresh = jax.tree.map(lambda x: x.copy(), state)  # `step` donates its input; the range test starts here.
+  model = exp.program.model.without_dropout()
   examples = min(config.doctor.probe_examples, data.length(exp.splits.train))
   probe_batch = next(experiment.batches(exp, normalization, examples))
-  batch = exp.strategy.place_batch(next(experiment.batches(exp, normalization, config.data.batch_size)))
-
-  flow = config.doctor.flow_steps
-  moments = {'at init': probe(state, probe_batch)}
-  state, ratios = lr_find.with_lr(state, config.optim.lr), []
-  for i in range(config.doctor.overfit_steps):
-    state, metrics = step(state, batch)
-    if i < flow:
-      ratios.append(metrics['update_ratio'])
-    if i + 1 == flow:
-      moments[f'after {flow} steps'] = probe(state, probe_batch)
-  _, final = step(state, batch)  # The loss and accuracy of the final parameters on the memorized batch.
-  c = config.lr_find
-  test = lr_find.range_test(exp, normalization, step, fresh, c.min_lr, c.max_lr,
-                            config.doctor.lr_find_steps, c.smoothing, c.diverge_factor)
-  moments = {name: _host(m) for name, m in moments.items()}
-  ratios = jax.device_get(ratios)
-  order = model.forward_order(exp.example)
   inputs = [key for key in config.data.normalize if key in probe_batch]
-  return {'moments': moments,
-          'layers': sorted(moments['at init']['grads'], key=lambda layer: (layer not in order, order.index(
-              layer) if layer in order else 0, layer)),
-          'probe_images': probe_batch[inputs[0]] if inputs else None,
-          'overfit': {k: float(final[k]) for k in ('loss', 'accuracy') if k in final},
-          'ratios': {k: float(np.mean([r[k] for r in ratios])) for k in ratios[0]},
-          'range_test': test}
+  measured = {'probe_images': probe_batch[inputs[0]] if inputs else None}
+  if not groups & {'init', 'training', 'learning_rate', 'baselines'}:
+    return measured
+  probe = _probe(model, config.optim, exp.program.task, config.model.activation)
+  step, state = lr_find.trainer(exp, model, config)
+  fresh = jax.tree.map(lambda x: x.copy(), state)  # `step` donates its input; later tests start here.
+  moments = {'at init': probe(state, probe_batch)}
+  if 'training' in groups:
+    batch = exp.strategy.place_batch(next(experiment.batches(exp, normalization, config.data.batch_size)))
+    flow = config.doctor.flow_steps
+    state, ratios = lr_find.with_lr(jax.tree.map(lambda x: x.copy(), fresh), config.optim.lr), []
+    for i in range(config.doctor.overfit_steps):
+      state, metrics = step(state, batch)
+      if i < flow:
+        ratios.append(metrics['update_ratio'])
+      if i + 1 == flow:
+        moments[f'after {flow} steps'] = probe(state, probe_batch)
+    _, final = step(state, batch)  # The loss and accuracy of the final parameters on the memorized batch.
+    ratios = jax.device_get(ratios)
+    measured.update(overfit={k: float(final[k]) for k in ('loss', 'accuracy') if k in final},
+                    ratios={k: float(np.mean([r[k] for r in ratios])) for k in ratios[0]})
+  if 'baselines' in groups:
+    measured['baselines'] = {**({baselines.name(exp.program.task): constant}
+                                if (constant := baselines.constant(exp, normalization)) else {}),
+                             **_input_independent(exp, normalization, step, fresh, model)}
+  if 'learning_rate' in groups:
+    c = config.lr_find
+    measured['range_test'] = lr_find.range_test(exp, normalization, step, fresh, c.min_lr, c.max_lr,
+                                                config.doctor.lr_find_steps, c.smoothing, c.diverge_factor)
+  moments = {name: _host(m) for name, m in moments.items()}
+  order = model.forward_order(exp.example)
+  measured.update(moments=moments, layers=sorted(
+      moments['at init']['grads'],
+      key=lambda layer: (layer not in order, order.index(layer) if layer in order else 0, layer)))
+  return measured
 
 
-def _checks(exp, m: dict, history: list[dict]) -> list[Check]:
-  config, splits, task = exp.config, exp.splits, exp.program.task
+def _init_checks(exp, m: dict) -> list[Check]:
+  task, num_classes = exp.program.task, exp.splits.num_classes
   init = m['moments']['at init']
-  chance = chance_loss(task.name, splits.num_classes)
-  activation = config.model.activation
+  chance = chance_loss(task.name, num_classes)
   checks = [check_initial_loss(init['loss'], chance) if chance else skipped(
       'initial_loss', f'no chance loss is known for the {task.name!r} task (the zoo\'s classification, '
       'binary, multilabel, segmentation and language_modeling tasks have one)')]
   if task.check and isinstance(init['logits'], np.ndarray):
-    checks.append(check_output_layer(init['logits'], splits.num_classes, task))
+    checks.append(check_output_layer(init['logits'], num_classes, task))
   else:
     checks.append(skipped('output_layer', 'the task is not one of the zoo\'s, so the expected outputs are '
                                           'unknown'))
+  return checks
+
+
+def _data_checks(exp, m: dict) -> list[Check]:
+  splits, task = exp.splits, exp.program.task
+  checks = []
   if task.name in ('classification', 'binary', 'segmentation'):  # One class per example (or pixel).
     labels = np.asarray(splits.train[task.label])
     checks += [check_labels(labels, splits.num_classes), check_class_balance(labels, splits.num_classes)]
@@ -335,7 +405,15 @@ def _checks(exp, m: dict, history: list[dict]) -> list[Check]:
   else:
     checks += [skipped(name, 'no input key is normalized (data.normalize); nothing is checked')
                for name in ('finite_inputs', 'input_scale')]
-  checks += [
+  return checks
+
+
+def _training_checks(exp, m: dict) -> list[Check]:
+  config, task = exp.config, exp.program.task
+  init = m['moments']['at init']
+  chance = chance_loss(task.name, exp.splits.num_classes)
+  activation = config.model.activation
+  checks = [
       check_overfit(m['overfit']['loss'], m['overfit'].get('accuracy'), chance or init['loss'],
                     config.doctor.overfit_steps, config.data.batch_size),
       check_vanishing(m['moments'], m['layers']),
@@ -349,10 +427,72 @@ def _checks(exp, m: dict, history: list[dict]) -> list[Check]:
     checks.append(check_dead_units({k: v['dead'] for k, v in m['moments'].items()}))
   elif activation in stats.SATURATED and init['saturated']:
     checks.append(check_saturation({k: v['saturated'] for k, v in m['moments'].items()}))
-  checks += [check_update_ratio(m['ratios']), check_learning_rate(config.optim.lr, m['range_test'])]
-  if history:
+  return [*checks, check_update_ratio(m['ratios'])]
+
+
+def _baseline_checks(exp, m: dict) -> list[Check]:
+  found, num_steps = m['baselines'], exp.config.doctor.baseline_steps
+  name = baselines.name(exp.program.task)
+  checks = []
+  if name in found:
+    checks.append(check_constant_baseline(name, found[name], found['with_inputs'], num_steps))
+  return [*checks, check_input_independent(found['with_inputs'], found['input_independent'], num_steps)]
+
+
+def _checks(exp, m: dict, history: list[dict], groups: set[str]) -> list[Check]:
+  checks = []
+  if 'init' in groups:
+    checks += _init_checks(exp, m)
+  if 'data' in groups:
+    checks += _data_checks(exp, m)
+  if 'training' in groups:
+    checks += _training_checks(exp, m)
+  if 'learning_rate' in groups:
+    checks.append(check_learning_rate(exp.config.optim.lr, m['range_test']))
+  if 'baselines' in groups:
+    checks += _baseline_checks(exp, m)
+  if 'curves' in groups and history:
     checks.append(check_curves(history))
   return checks
+
+
+def check_regularization(results: dict) -> Check:
+  """The train/validation gap with and without the configured regularization (doctor.compare)."""
+  regularized, plain = results['with'], results['without']
+  narrows = regularized['gap'] < plain['gap']
+  hurts = regularized['eval_loss'] > 1.2 * plain['eval_loss']  # Beyond a short run's noise.
+  return Check('regularization', _status(False, hurts),
+               f'gap {regularized["gap"]:.3g} with (eval/loss {regularized["eval_loss"]:.3g}), '
+               f'{plain["gap"]:.3g} without (eval/loss {plain["eval_loss"]:.3g})',
+               'regularization narrows the train/validation gap without raising the eval loss',
+               'The configured regularization makes the eval loss worse on this data in a short run: '
+               'lower model.dropout or optim.weight_decay, or check data.augment (it may distort the '
+               'inputs; see plots/batch.png).' if hurts else
+               '' if narrows else 'The regularization does not narrow the gap here; it may only matter '
+               'later in training, or this model does not overfit this data yet.')
+
+
+def check_norm(results: dict | None, configured: str) -> Check:
+  """Steps to a common training loss with and without BatchNorm (doctor.compare=norm)."""
+  if results is None:
+    return skipped('batch_norm', 'needs the zoo\'s model.norm to build the model with and without '
+                                 'BatchNorm; a user\'s model decides its normalization itself')
+  with_norm, without = results['batch']['steps_to_target'], results['none']['steps_to_target']
+  chosen, other = (with_norm, without) if configured == 'batch' else (without, with_norm)
+  slower, switch = chosen > 1.5 * other, 'none' if configured == 'batch' else 'batch'
+  return Check('batch_norm', _status(False, slower),
+               f'{with_norm} steps with BatchNorm, {without} without, to loss {results["target_loss"]:.3g}',
+               f'the configured model.norm={configured!r} reaches the loss no slower',
+               f'Training reaches the loss faster with model.norm={switch!r} on this model and data; '
+               'consider switching.' if slower else '')
+
+
+def _compare(exp, normalization: dict) -> tuple[Check, dict | None]:
+  if exp.config.doctor.compare == 'regularization':
+    results = comparison.regularization(exp, normalization)
+    return check_regularization(results), results
+  results = comparison.norm(exp, normalization)
+  return check_norm(results, exp.config.model.norm), results
 
 
 def verdict(checks: list[Check]) -> str:
@@ -362,20 +502,31 @@ def verdict(checks: list[Check]) -> str:
 
 def doctor(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path | None = None, *, model=None,
            data=None, task=None) -> dict:
-  """Runs every check on the configured run (or on the `model`, `data` and `task` objects passed, as in
-  `fit`); writes doctor.json and plots/gradient_flow.png into `workdir` (a temporary directory when None)
-  and returns doctor.json's content. A workdir's metrics.jsonl, when it has one, is read for a
-  learning-curve diagnosis; its checkpoints are never touched."""
+  """Runs the checks of `doctor.checks` on the configured run (or on the `model`, `data` and `task` objects
+  passed, as in `fit`), and the comparison `doctor.compare` names; writes doctor.json and its plots into
+  `workdir` (a temporary directory when None) and returns doctor.json's content. A workdir's
+  metrics.jsonl, when it has one, is read for a learning-curve diagnosis; its checkpoints are never
+  touched."""
   exp, normalization, workdir = experiment.prepare(config, workdir, model=model, data_source=data, task=task)
-  measured = _measure(exp, normalization)
-  checks = _checks(exp, measured, read_metrics(workdir))
+  groups = set(exp.config.doctor.checks)
+  measured = _measure(exp, normalization, groups)
+  checks = _checks(exp, measured, read_metrics(workdir), groups)
+  report = {}
+  if exp.config.doctor.compare:
+    check, report['comparison'] = _compare(exp, normalization)
+    checks.append(check)
   report = {'checks': [{k: v for k, v in dataclasses.asdict(c).items() if k != 'details' or v}
                        for c in checks],
-            'verdict': verdict(checks)}
+            'verdict': verdict(checks), **report}
+  if 'baselines' in measured:
+    report['baselines'] = {k: v for k, v in measured['baselines'].items() if k != 'with_inputs'}
+  if 'data' in groups:
+    views.write_batch(exp, exp.new_state(), normalization, workdir)
   experiment.write_json(workdir / RESULT_FILE, report)
-  plots.gradient_flow(measured['layers'], {name: [m['grads'][layer] for layer in measured['layers']]
-                                           for name, m in measured['moments'].items()},
-                      workdir / PLOT_FILE)
+  if 'training' in groups:
+    plots.gradient_flow(measured['layers'], {name: [m['grads'][layer] for layer in measured['layers']]
+                                             for name, m in measured['moments'].items()},
+                        workdir / PLOT_FILE)
   return report
 
 

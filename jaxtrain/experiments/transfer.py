@@ -43,6 +43,13 @@ class FrozenBatchStats:
   def forward_order(self, batch: dict) -> list[str]:
     return self.model.forward_order(batch)
 
+  @property
+  def module(self):
+    return self.model.module
+
+  def without_dropout(self) -> 'FrozenBatchStats':
+    return dataclasses.replace(self, model=self.model.without_dropout())
+
   def apply(self, variables, *args, mutable=False, **kwargs):
     out = self.model.apply(variables, *args, mutable=mutable, **kwargs)
     if not mutable or not variables.get('batch_stats'):
