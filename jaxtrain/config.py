@@ -206,6 +206,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.doctor = ml_collections.ConfigDict()
   c.doctor.probe_examples = 256  # Training examples for the initial loss, gradients and activations.
   c.doctor.overfit_steps = 100  # Steps on one batch (regularization off) that must memorize it.
+  c.doctor.overfit_examples = 0  # The size of that batch; 0 = data.batch_size (rounded up to the devices).
   c.doctor.flow_steps = 10  # Gradients and activations are measured at init and after this many steps.
   c.doctor.lr_find_steps = 60  # Length of the doctor's short LR range test (lr_find.min_lr to max_lr).
   c.doctor.baseline_steps = 100  # Steps of the input-independent baseline and of its twin with inputs.
@@ -362,6 +363,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_range(config, ('doctor.flow_steps',), lambda v: v <= config.doctor.overfit_steps,
                f'it must be <= doctor.overfit_steps={config.doctor.overfit_steps}')
   _check_range(config, ('doctor.baseline_steps', 'doctor.compare_steps'), lambda v: v >= 1, 'it must be >= 1')
+  _check_range(config, ('doctor.overfit_examples',), lambda v: v >= 0, 'it must be >= 0')
   _check_range(config, ('doctor.checks',), lambda v: set(v) <= set(DOCTOR_CHECKS),
                f'choose among {", ".join(DOCTOR_CHECKS)}')
   _check_range(config, ('doctor.compare',), lambda v: v in DOCTOR_COMPARISONS,

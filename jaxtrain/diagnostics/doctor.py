@@ -332,6 +332,12 @@ def _input_independent(exp, normalization: dict, step, state, model) -> dict:
   return results
 
 
+def _overfit_size(exp) -> int:
+  """The overfit batch's size: doctor.overfit_examples (or the batch size), a multiple of the devices."""
+  size, devices = exp.config.doctor.overfit_examples or exp.config.data.batch_size, exp.strategy.num_devices
+  return -(-size // devices) * devices
+
+
 def _measure(exp, normalization: dict, groups: set[str]) -> dict:
   """Runs the probes, the one-batch overfit, the range test and the baselines of the chosen groups;
   returns host numbers only."""
@@ -350,7 +356,7 @@ def _measure(exp, normalization: dict, groups: set[str]) -> dict:
   fresh = jax.tree.map(lambda x: x.copy(), state)  # `step` donates its input; later tests start here.
   moments = {'at init': probe(state, probe_batch)}
   if 'training' in groups:
-    batch = exp.strategy.place_batch(next(experiment.batches(exp, normalization, config.data.batch_size)))
+    batch = exp.strategy.place_batch(next(experiment.batches(exp, normalization, _overfit_size(exp))))
     flow = config.doctor.flow_steps
     state, ratios = lr_find.with_lr(jax.tree.map(lambda x: x.copy(), fresh), config.optim.lr), []
     for i in range(config.doctor.overfit_steps):
@@ -415,7 +421,7 @@ def _training_checks(exp, m: dict) -> list[Check]:
   activation = config.model.activation
   checks = [
       check_overfit(m['overfit']['loss'], m['overfit'].get('accuracy'), chance or init['loss'],
-                    config.doctor.overfit_steps, config.data.batch_size),
+                    config.doctor.overfit_steps, _overfit_size(exp)),
       check_vanishing(m['moments'], m['layers']),
       check_exploding(m['moments'], m['layers']),
   ]

@@ -63,22 +63,26 @@ def with_lr(state, lr):
   return state.replace(opt_state=(*state.opt_state[:-1], lr))
 
 
-def suggest(lrs, smoothed) -> float:
+def suggest(lrs, smoothed, warmup: int = 0) -> float:
   """The rate where the smoothed loss falls fastest, searched up to the loss's minimum; a tenth of the
   minimum's rate when there is no descent before it.
 
   The slope at each rate is taken across a decade of rates around it: step-to-step differences of even a
-  smoothed loss are mostly noise, and its first values (few losses averaged) are the noisiest.
+  smoothed loss are mostly noise. The first `warmup` values (the moving average's window, where few losses
+  are averaged) are the noisiest: no slope starts among them. Without that, a lucky second batch at the
+  lowest rate once made the steepest "descent" of a range test, and the doctor advised a rate of 1e-7.
   """
   x, smoothed = np.log10(np.asarray(lrs)), np.asarray(smoothed)
   lowest = int(np.argmin(smoothed))
+  warmup = min(warmup, max(lowest - 2, 0))
   if lowest < 2:
     return float(10 ** x[lowest] / 10)
   reach = max(1, round(0.5 / (x[1] - x[0])))  # Points in half a decade.
-  before = np.maximum(np.arange(lowest + 1) - reach, 0)
-  after = np.minimum(np.arange(lowest + 1) + reach, lowest)
+  points = np.arange(warmup, lowest + 1)
+  before = np.maximum(points - reach, warmup)
+  after = np.minimum(points + reach, lowest)
   slopes = (smoothed[after] - smoothed[before]) / (x[after] - x[before])
-  return float(10 ** x[int(np.argmin(slopes))])
+  return float(10 ** x[points[int(np.argmin(slopes))]])
 
 
 def trainer(exp, model, config: ml_collections.ConfigDict, population: int = 0):
@@ -128,7 +132,8 @@ def range_test(exp, normalization: dict, step, state, min_lr: float, max_lr: flo
       break
   done = len(smoothed)
   return {'lrs': lrs[:done].tolist(), 'losses': smoothed, 'raw_losses': raw,
-          'suggested_lr': suggest(lrs[:done], smoothed) if done else float(min_lr),
+          'suggested_lr': (suggest(lrs[:done], smoothed, round(1 / (1 - smoothing))) if done
+                           else float(min_lr)),
           'diverged_lr': diverged}
 
 
