@@ -22,9 +22,11 @@ def make_config(data_dir):
 
   def make(name: str = 'digits_cnn', **overrides):
     # The persistent compile cache stays off in-process: tests that count compilations must see them all
-    # (tests/test_compile_cache.py tests the cache in fresh processes).
+    # (tests/test_compile_cache.py tests the cache in fresh processes). The end-of-run report (two more
+    # compiled functions and an eval pass per run) is tested where it is the subject.
     base = {'data.data_dir': data_dir, 'train.num_steps': 20, 'train.progress_bar': False,
-            'train.log_every_steps': 10, 'train.eval_every_steps': 20, 'compile_cache.enabled': False}
+            'train.log_every_steps': 10, 'train.eval_every_steps': 20, 'compile_cache.enabled': False,
+            'diagnostics.report': False}
     return jaxtrain.load_config(CONFIGS / f'{name}.py', {**base, **overrides})
 
   return make

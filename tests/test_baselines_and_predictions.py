@@ -100,7 +100,7 @@ def _task(name: str) -> ml_collections.ConfigDict:
 
 def test_a_run_reports_baselines_confusion_worst_examples_and_dynamics(make_config, tmp_path):
   config = make_config('digits_mlp', **{'train.num_steps': 40, 'train.eval_every_steps': 20,
-                                        'diagnostics.fixed_batch': 8})
+                                        'diagnostics.fixed_batch': 8, 'diagnostics.report': True})
   run = jaxtrain.fit(config, tmp_path)
   exp, stats, _ = experiment.prepare(config, tmp_path)
   summary = json.loads((tmp_path / 'summary.json').read_text())
@@ -188,6 +188,16 @@ def test_a_model_that_ignores_its_input_is_flagged_by_the_doctor_and_after_a_run
   assert set(run.summary['baselines']) == {'majority', 'input_independent'}
   finding = next(f for f in run.summary['diagnosis'] if f['name'] == 'no_better_than_baseline')
   assert 'input_independent' in finding['evidence'] and 'model.inputs' in finding['advice']
+  assert np.array(run.summary['confusion']).sum() == 256  # A user's model and data get every figure too.
+  for plot in ('batch', 'examples', 'confusion'):  # Token ids: tables, not images, for batch and examples.
+    assert (tmp_path / 'doctor' / 'plots' / f'{plot}.png').stat().st_size > 3000, plot
+
+
+def test_no_false_alarm_on_the_shipped_user_model_config(data_dir):
+  config = jaxtrain.load_config(ROOT / 'configs' / 'tokens_nnx.py', {
+      'data.data_dir': data_dir, 'compile_cache.enabled': False, 'doctor.lr_find_steps': 60})
+  report = jaxtrain.doctor(config)
+  assert report['verdict'] != 'fail', [c for c in report['checks'] if c['status'] == 'fail']
 
 
 @pytest.mark.parametrize('module, ending', [(SoftmaxHead(), 'a softmax'), (None, 'a sigmoid')],

@@ -15,7 +15,7 @@ from jaxtrain import state as state_lib
 
 
 def test_fit_writes_the_documented_workdir(make_config, tmp_path):
-  run = jaxtrain.fit(make_config(**{'train.num_steps': 20}), tmp_path)
+  run = jaxtrain.fit(make_config(**{'train.num_steps': 20, 'diagnostics.report': True}), tmp_path)
   resolved = json.loads((tmp_path / 'config.json').read_text())
   assert resolved['train']['num_steps'] == 20 and resolved['model']['name'] == 'cnn'
   records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
@@ -27,7 +27,8 @@ def test_fit_writes_the_documented_workdir(make_config, tmp_path):
   assert train[-1]['epoch'] == pytest.approx(20 / (1293 // 32))
   assert any('eval/accuracy' in r for r in records) and any('test/accuracy' in r for r in records)
   summary = json.loads((tmp_path / 'summary.json').read_text())
-  assert set(summary) == {'steps', 'wall_s', 'best_step', 'best', 'final', 'diagnosis'}
+  assert set(summary) == {'steps', 'wall_s', 'best_step', 'best', 'final', 'diagnosis', 'baselines',
+                          'confusion'}
   assert summary['steps'] == 20 and summary['best_step'] == 20
   assert set(summary['final']) == {'eval/loss', 'eval/accuracy', 'test/loss', 'test/accuracy'}
   assert list((tmp_path / 'tb').glob('events.out.tfevents.*'))
@@ -35,7 +36,8 @@ def test_fit_writes_the_documented_workdir(make_config, tmp_path):
   assert run.history == records and int(run.state.step) == 20
   assert 'steps=20' in repr(run)
   run.plot()
-  assert (tmp_path / 'plots' / 'curves.png').stat().st_size > 1000
+  for plot in ('curves', 'batch', 'examples', 'confusion'):
+    assert (tmp_path / 'plots' / f'{plot}.png').stat().st_size > 1000, plot
 
 
 _COMPILES = []
@@ -46,9 +48,10 @@ jax.monitoring.register_event_duration_secs_listener(
 
 def test_a_second_fit_in_one_process_compiles_nothing(make_config, tmp_path):
   """A re-run notebook cell (or another seed) reuses the compiled init, train and eval steps."""
-  jaxtrain.fit(make_config(**{'train.num_steps': 4, 'train.log_every_steps': 2}), tmp_path / 'a')
+  short = {'train.num_steps': 4, 'train.log_every_steps': 2, 'diagnostics.report': True}
+  jaxtrain.fit(make_config(**short), tmp_path / 'a')
   before = len(_COMPILES)
-  run = jaxtrain.fit(make_config(**{'train.num_steps': 4, 'train.log_every_steps': 2, 'seed': 7}),
+  run = jaxtrain.fit(make_config(**{**short, 'seed': 7}),
                      tmp_path / 'b')
   assert run.summary['steps'] == 4
   assert len(_COMPILES) == before

@@ -32,7 +32,7 @@ def small_config(**overrides):
   config_lib.override(config, {
       'model.inputs': ('tokens',), 'data.normalize': (), 'data.batch_size': 32, 'train.num_steps': 40,
       'train.log_every_steps': 10, 'train.eval_every_steps': 20, 'optim.lr': 3e-3,
-      'train.progress_bar': False, 'compile_cache.enabled': False, **overrides})
+      'train.progress_bar': False, 'compile_cache.enabled': False, 'diagnostics.report': False, **overrides})
   return config
 
 

@@ -12,6 +12,8 @@ batches with every model input zeroed: what it learns is what the labels alone g
 no better with its inputs than without ignores them.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,12 +70,21 @@ def constant(exp, stats: dict) -> dict | None:
   if outputs is None:
     return None
 
-  @jax.jit
-  def eval_step(constant_outputs, batch):  # The outputs as an argument: XLA need not fold a large constant.
-    mask = batch['mask']
-    return task.sums(jnp.broadcast_to(constant_outputs, (mask.shape[0], *constant_outputs.shape)), batch, mask)
+  # NumPy outputs: replicated on every device and process.
+  return evaluation.split_metrics(exp, outputs, stats, 'eval', _constant_eval_step(task))
 
-  return evaluation.split_metrics(exp, jnp.asarray(outputs), stats, 'eval', eval_step)
+
+@functools.lru_cache(maxsize=8)
+def _constant_eval_step(task: tasks.Task):
+  """The task's sums for one constant output (an argument: XLA need not fold a large constant), jitted once
+  per task, so a second run in one process compiles nothing."""
+
+  @jax.jit
+  def eval_step(outputs, batch):
+    mask = batch['mask']
+    return task.sums(jnp.broadcast_to(outputs, (mask.shape[0], *outputs.shape)), batch, mask)
+
+  return eval_step
 
 
 def zeroed(batch: dict, keys) -> dict:

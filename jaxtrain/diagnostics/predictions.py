@@ -7,6 +7,8 @@ gives every per-example figure; the arrays stay on the device, replicated (reada
 are fetched once per split.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,13 +26,13 @@ def classifies(task) -> bool:
 
 
 def per_example_fn(model, task, use_ema: bool = False):
-  """(state, batch) -> {'loss', and for classification 'label', 'prediction', 'confidence' (its
-  probability) and 'label_probability'}, one value per example."""
+  """(state, batch) -> {'loss', 'mask' (the batch's real examples), and for classification 'label',
+  'prediction', 'confidence' (its probability) and 'label_probability'}, one value per example."""
 
   def per_example(state, batch):
     params = state.ema if use_ema else state.params
     outputs = model.apply(variables(state.replace(params=params)), batch, train=False)
-    result = {'loss': task.loss(outputs, batch)}
+    result = {'loss': task.loss(outputs, batch), 'mask': batch.get('mask', jnp.ones(len(outputs), bool))}
     if classifies(task):
       probabilities = jax.nn.softmax(outputs.astype(jnp.float32), axis=-1)
       labels = batch[task.label].astype(jnp.int32)
@@ -42,25 +44,29 @@ def per_example_fn(model, task, use_ema: bool = False):
   return per_example
 
 
-def jitted(exp, use_ema: bool | None = None):
-  """`per_example_fn` for the run's model and task, jitted with replicated outputs."""
-  if use_ema is None:
-    use_ema = exp.config.optim.ema_decay > 0 and exp.config.optim.ema_eval
-  return jax.jit(per_example_fn(exp.program.model, exp.program.task, use_ema),
-                 out_shardings=exp.strategy.replicated)
+def jitted(exp):
+  """`per_example_fn` for the run's model and task (its EMA when the run evaluates that), jitted with
+  replicated outputs."""
+  use_ema = exp.config.optim.ema_decay > 0 and exp.config.optim.ema_eval
+  return _jitted(exp.program.model, exp.program.task, use_ema, exp.strategy.replicated)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted(model, task, use_ema: bool, replicated):
+  """Cached by model and task (compared by identity) like the run's own steps: a second fit of the same
+  program in one process compiles nothing."""
+  return jax.jit(per_example_fn(model, task, use_ema), out_shardings=replicated)
 
 
 def split_predictions(exp, state, stats: dict, split: str = 'eval') -> dict:
   """Per-example figures (`per_example_fn`) over every example of a split, in order: host arrays."""
   examples = getattr(exp.splits, split)
-  step, outputs, masks = jitted(exp), [], []
+  step = jitted(exp)
   batches = data.eval_batches(examples, stats, exp.config.data.eval_batch_size, exp.strategy.process_shard)
-  for batch in data.iterate(batches, workers=data.workers(examples, exp.config.data.workers)):
-    placed = exp.strategy.place_batch(batch)
-    outputs.append(step(state, placed))
-    masks.append(jax.device_put(placed['mask'], exp.strategy.replicated))
-  mask = np.asarray(jax.device_get(jnp.concatenate(masks)))
+  outputs = [step(state, exp.strategy.place_batch(batch))
+             for batch in data.iterate(batches, workers=data.workers(examples, exp.config.data.workers))]
   fetched = jax.device_get(jax.tree.map(lambda *xs: jnp.concatenate(xs), *outputs))
+  mask = fetched.pop('mask')
   return {key: np.asarray(value)[mask] for key, value in fetched.items()}
 
 

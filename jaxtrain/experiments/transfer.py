@@ -27,9 +27,10 @@ def _module(path: str) -> str:
   return path.split('/', 1)[1].rsplit('/', 1)[0]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class FrozenBatchStats:
-  """A Flax model whose training pass returns the old BatchNorm statistics for layers with frozen params."""
+  """A Flax model whose training pass returns the old BatchNorm statistics for layers with frozen params.
+  Compared by identity, like the `Model` it wraps (compiled functions are cached by it)."""
 
   model: Any
   optim_config: Any
