@@ -28,6 +28,7 @@ from jaxtrain.callbacks import (
     nonfinite,
     plateau,
     preemption,
+    profiler,
     snapshots,
 )
 from jaxtrain.callbacks import writers as metric_writers
@@ -129,6 +130,8 @@ def _train(exp: build.Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkp
       *([snapshots.Snapshots(workdir, config, exp.total_steps)] if config.checkpoint.snapshots else []),
       *([dynamics.PredictionDynamics(config.diagnostics.fixed_batch, primary)]
         if config.diagnostics.fixed_batch else []),
+      *([profiler.Profiler(config.profile.start_step, config.profile.num_steps)]
+        if config.profile.start_step else []),
       *user_callbacks, preemption.Preemption()])
   started = time.time()
   if config.diagnostics.report and primary and start == 0:
@@ -150,7 +153,7 @@ def _train(exp: build.Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkp
     callbacks.close()
   records = history.read_metrics(workdir)
   summary = {'steps': steps_done, 'wall_s': time.time() - started, 'best_step': best.best.step,
-             'best': best.best.record, 'final': final, **report,
+             'best': best.best.record, 'final': final, **report, 'perf': trainer.perf,
              'diagnosis': evaluation.diagnose(records) + findings}
   if trainer.stop_reason:
     summary['stop_reason'] = trainer.stop_reason

@@ -193,6 +193,17 @@ def defaults() -> ml_collections.ConfigDict:
   c.compile_cache.enabled = True
   c.compile_cache.dir = ''  # '' = $XDG_CACHE_HOME/jaxtrain/jax_compile_cache (default ~/.cache/jaxtrain/...).
 
+  # Throughput and memory (jaxtrain/perf.py): train/mfu needs a peak; a step that needs more memory than the
+  # device has stops before step 1 with the figures.
+  c.perf = ml_collections.ConfigDict()
+  c.perf.peak_flops = 0.0  # FLOP/s of one device; 0 = perf.PEAK_FLOPS by device kind (none for CPUs).
+  c.perf.device_memory = 0  # Bytes a step may use per device; 0 = what the device reports (CPUs: none).
+
+  # A jax.profiler trace of these steps in workdir/profile/ (TensorBoard's profile plugin, Perfetto).
+  c.profile = ml_collections.ConfigDict()
+  c.profile.start_step = 0  # The first traced step; 0 = no trace.
+  c.profile.num_steps = 5
+
   # In-graph per-layer statistics during training, logged as diag/... (jaxtrain/diagnostics/training.py).
   c.diagnostics = ml_collections.ConfigDict()
   c.diagnostics.every_steps = 0  # 0 = off; other steps run the plain step and pay nothing.
@@ -363,7 +374,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_range(config, ('doctor.flow_steps',), lambda v: v <= config.doctor.overfit_steps,
                f'it must be <= doctor.overfit_steps={config.doctor.overfit_steps}')
   _check_range(config, ('doctor.baseline_steps', 'doctor.compare_steps'), lambda v: v >= 1, 'it must be >= 1')
-  _check_range(config, ('doctor.overfit_examples',), lambda v: v >= 0, 'it must be >= 0')
+  _check_range(config, ('doctor.overfit_examples', 'perf.peak_flops', 'perf.device_memory',
+                        'profile.start_step'), lambda v: v >= 0, 'it must be >= 0')
+  _check_range(config, ('profile.num_steps',), lambda v: v >= 1, 'it must be >= 1')
   _check_range(config, ('doctor.checks',), lambda v: set(v) <= set(DOCTOR_CHECKS),
                f'choose among {", ".join(DOCTOR_CHECKS)}')
   _check_range(config, ('doctor.compare',), lambda v: v in DOCTOR_COMPARISONS,

@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from jaxtrain import checkpoint, data, evaluation
+from jaxtrain import checkpoint, data, evaluation, perf
 from jaxtrain import config as config_lib
 from jaxtrain.config import ConfigError
 
@@ -91,6 +91,7 @@ class Trainer:
     self.evaluation: dict | None = None  # The eval record of the current step, when it has one.
     self._save_requested, self._pending, self.diag = False, [], None
     self._last_log = (start, time.time())  # (step, time) of the last log record, for steps/s.
+    self.perf: dict = {}  # The compiled step's FLOPs and memory per device (`analyze`), for summary.json.
     task = exp.program.task  # A language model's examples are sequences: its throughput is in tokens too.
     self._tokens_per_example = exp.example[task.label].shape[-1] if task.name == 'language_modeling' else 0
     self.train_data = data.train_batches(exp.splits.train, stats, self.config.data.batch_size,
@@ -123,8 +124,21 @@ class Trainer:
       record['train/examples_per_sec'] = steps_per_sec * self.config.data.batch_size
       if self._tokens_per_example:
         record['train/tokens_per_sec'] = record['train/examples_per_sec'] * self._tokens_per_example
+      if self.perf.get('step_flops') and self.perf.get('peak_flops'):
+        record['train/mfu'] = steps_per_sec * self.perf['step_flops'] / self.perf['peak_flops']
     self._pending, self._last_log = [], (self.step, time.time())
     return record
+
+  def analyze(self, chunk, k) -> None:
+    """Compiles the train step ahead of its first call (the loop's call then finds it compiled): logs its
+    memory per device, stops a run that cannot fit with a ConfigError, and keeps its FLOPs for MFU."""
+    compiled = self.exp.program.train_step.lower(self.state, chunk, k).compile()
+    device, perf_config = jax.local_devices()[0], self.config.perf
+    figures = perf.memory(compiled, self.state)
+    log.info('The train step needs per device: %s', perf.describe(figures))
+    perf.check_fits(figures, perf.device_memory(device, perf_config.device_memory))
+    self.perf = {'memory': figures, 'step_flops': perf.step_flops(compiled),
+                 'peak_flops': perf.peak_flops(device, self.config.model.dtype, perf_config.peak_flops)}
 
   def _chunks(self, restored_data: dict):
     stream = data.train_iterator(self.train_data, restored_data,
@@ -151,8 +165,11 @@ def run(trainer: Trainer, callbacks: CallbackList, restored_data: dict) -> None:
         chunk = next(chunks)
       diagnose = diag_every > 0 and step % diag_every == 0
       train_step = exp.program.diag_step if diagnose else exp.program.train_step
-      trainer.state, metrics = train_step(trainer.state, chunk,
-                                          np.int32((step - trainer.start - 1) % per_chunk))
+      k = np.int32((step - trainer.start - 1) % per_chunk)
+      if step == trainer.start + 1:
+        trainer.analyze(chunk, k)
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        trainer.state, metrics = train_step(trainer.state, chunk, k)
       trainer.diag = metrics.pop('diag') if diagnose else None
       trainer._pending.append(metrics)
       trainer.step, trainer.evaluation = step, None
