@@ -65,7 +65,10 @@ def memory(compiled, state) -> dict:
   """Bytes per device of the compiled train step: the state's parameters and optimizer state (their
   shards), everything the step takes and returns, its temporaries, and the total it needs at once."""
   analysis = compiled.memory_analysis()
-  figures = {'params': _per_device_bytes(state.params), 'opt_state': _per_device_bytes(state.opt_state)}
+  parts = {name: getattr(state, name) for name in ('params', 'opt_state') if hasattr(state, name)}
+  # A population's members hold their states inside: the whole state is what a member count multiplies.
+  figures = {name: _per_device_bytes(part) for name, part in parts.items()} or {
+      'state': _per_device_bytes(state)}
   if analysis is None:  # A backend without a memory analysis.
     return figures
   figures.update(arguments=analysis.argument_size_in_bytes, outputs=analysis.output_size_in_bytes,

@@ -28,7 +28,7 @@ def test_fit_writes_the_documented_workdir(make_config, tmp_path):
   assert any('eval/accuracy' in r for r in records) and any('test/accuracy' in r for r in records)
   summary = json.loads((tmp_path / 'summary.json').read_text())
   assert set(summary) == {'steps', 'wall_s', 'best_step', 'best', 'final', 'diagnosis', 'baselines',
-                          'confusion'}
+                          'confusion', 'perf'}
   assert summary['steps'] == 20 and summary['best_step'] == 20
   assert set(summary['final']) == {'eval/loss', 'eval/accuracy', 'test/loss', 'test/accuracy'}
   assert list((tmp_path / 'tb').glob('events.out.tfevents.*'))
