@@ -20,10 +20,12 @@ _EXPORTS = {
     'data': 'jaxtrain.data',
     'doctor': 'jaxtrain.diagnostics.doctor',
     'evaluate': 'jaxtrain.api',
+    'export': 'jaxtrain.serving',
     'fit': 'jaxtrain.api',
     'generate': 'jaxtrain.generation',
     'load_config': 'jaxtrain.config',
     'lr_find': 'jaxtrain.diagnostics.lr_find',
+    'predict': 'jaxtrain.serving',
     'sweep': 'jaxtrain.experiments.sweep',
 }
 __all__ = sorted(_EXPORTS)

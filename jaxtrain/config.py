@@ -96,6 +96,11 @@ def defaults() -> ml_collections.ConfigDict:
   c.generate.temperature = 0.8  # 0 = greedy (deterministic).
   c.generate.top_k = 0  # > 0: sample among the k likeliest tokens only.
 
+  # --mode predict (jaxtrain/serving.py): outputs for these stored inputs (.npy: the first of model.inputs;
+  # .npz: by key) into workdir/predictions.npy. --mode export writes workdir/export/.
+  c.predict = ml_collections.ConfigDict()
+  c.predict.input = ''
+
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adam'
   c.optim.lr = 3e-4

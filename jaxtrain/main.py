@@ -16,13 +16,13 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from jaxtrain import api, checkpoint, generation, parallel
+from jaxtrain import api, checkpoint, generation, parallel, serving
 from jaxtrain import config as config_lib
 from jaxtrain.callbacks.nonfinite import NonFiniteError
 from jaxtrain.diagnostics import doctor, lr_find
 from jaxtrain.experiments import sweep
 
-MODES = ('train', 'eval', 'doctor', 'lr_find', 'sweep', 'generate')
+MODES = ('train', 'eval', 'doctor', 'lr_find', 'sweep', 'generate', 'predict', 'export')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file with a get_config().')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config file stem>).')
@@ -109,6 +109,13 @@ def main(argv: list[str]) -> None:
       print(json.dumps(sweep.sweep(_CONFIG.value, workdir)['best']))
     elif _MODE.value == 'generate':
       print(_CONFIG.value.generate.prompt + generation.generate(_CONFIG.value, workdir))
+    elif _MODE.value == 'predict':
+      if not _CONFIG.value.predict.input:
+        raise config_lib.ConfigError('--mode predict needs the inputs: --config.predict.input=FILE.npy (or '
+                                     '.npz with one array per model.inputs key)')
+      print(serving.write_predictions(_CONFIG.value, workdir, _CONFIG.value.predict.input))
+    elif _MODE.value == 'export':
+      print(serving.export(_CONFIG.value, workdir))
     else:
       print(json.dumps(api.evaluate(_CONFIG.value, workdir)))
   except config_lib.ConfigError as e:

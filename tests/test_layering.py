@@ -16,10 +16,10 @@ PACKAGE = ROOT / 'jaxtrain'
 LAYERS = [
     ['config'],
     ['model', 'models', 'tasks', 'data', 'optim', 'state', 'parallel', 'checkpoint', 'compile_cache',
-     'monitor', 'history', 'registry', 'diagnostics.stats', 'diagnostics.curves', 'diagnostics.training',
+     'monitor', 'perf', 'history', 'registry', 'diagnostics.stats', 'diagnostics.curves', 'diagnostics.training',
      'diagnostics.plots', 'experiments.transfer'],
     ['steps'],
-    ['build', 'evaluation', 'generation', 'diagnostics.baselines', 'diagnostics.predictions',
+    ['build', 'evaluation', 'generation', 'serving', 'diagnostics.baselines', 'diagnostics.predictions',
      'diagnostics.views', 'diagnostics.run_report'],
     ['engine'],
     ['callbacks'],
