@@ -70,6 +70,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.model.spatial_dropout = False  # Conv layers drop whole channels (Dropout2d) instead of single units.
   c.model.pooling = 'max'  # Downsampling after each conv stage.
   c.model.head_pooling = 'flatten'  # How the last feature map becomes a vector: flatten|avg|max|attention.
+  c.model.remat = 'none'  # none|full|dots_saveable: recompute block activations in the backward pass.
   c.model.dtype = 'float32'  # Compute dtype: float32|bfloat16; parameters and logits stay float32.
   c.model.stage_depths = (2, 2)  # vgg: convs per stage, one number per entry of model.features.
   c.model.width = 64  # resnet: channels of the first stage, doubled per stage; vit: the token width.

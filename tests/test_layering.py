@@ -16,8 +16,8 @@ PACKAGE = ROOT / 'jaxtrain'
 LAYERS = [
     ['config'],
     ['model', 'models', 'tasks', 'data', 'optim', 'state', 'parallel', 'checkpoint', 'compile_cache',
-     'monitor', 'perf', 'history', 'registry', 'diagnostics.stats', 'diagnostics.curves', 'diagnostics.training',
-     'diagnostics.plots', 'experiments.transfer'],
+     'monitor', 'perf', 'history', 'registry', 'diagnostics.stats', 'diagnostics.curves',
+     'diagnostics.training', 'diagnostics.plots', 'experiments.transfer'],
     ['steps'],
     ['build', 'evaluation', 'generation', 'serving', 'diagnostics.baselines', 'diagnostics.predictions',
      'diagnostics.views', 'diagnostics.run_report'],

@@ -25,7 +25,17 @@ def _layer_options(cfg) -> dict:
       activation=cfg.activation, dropout=cfg.dropout, dtype=layers.compute_dtype(cfg.dtype))
 
 
-def _common(cfg) -> dict:
+def _remat(cfg) -> str:
+  lookup(layers.REMAT_POLICIES, 'model.remat', cfg.remat)
+  return cfg.remat
+
+
+def _common(cfg, blocks: bool = False) -> dict:
+  """The options of the layered models; `blocks`: the model has blocks for model.remat to checkpoint (a
+  remat setting elsewhere is a mistake, not a silent no-op)."""
+  if not blocks and cfg.remat != 'none':
+    raise ConfigError(f'model.remat={cfg.remat!r} checkpoints the blocks of resnet*, vit and gpt; '
+                      f'model.name={cfg.name!r} has none: use --config.model.remat=none')
   layers.normalization(cfg.norm, train=False)  # Validates the name.
   return dict(features=tuple(cfg.features), norm=cfg.norm, **_layer_options(cfg))
 
@@ -55,10 +65,10 @@ def _resnet(name: str):
 
   def build(cfg, num_classes: int) -> nn.Module:
     lookup(resnet.STEMS, 'model.stem', cfg.stem)
-    options = _common(cfg)
+    options = _common(cfg, blocks=True)
     del options['features']  # The widths are model.width doubled per stage.
     return ResNet(num_classes=num_classes, stage_depths=depths, bottleneck=bottleneck, width=cfg.width,
-                  stem=cfg.stem, zero_init_residual=cfg.zero_init_residual, **options)
+                  stem=cfg.stem, zero_init_residual=cfg.zero_init_residual, remat=_remat(cfg), **options)
   return build
 
 
@@ -69,7 +79,7 @@ def _vit(cfg, num_classes: int) -> nn.Module:
                       'each head attends with width / num_heads features')
   return ViT(num_classes=num_classes, patch_size=cfg.patch_size, width=cfg.width,
              num_layers=cfg.num_layers, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
-             pooling=cfg.vit_pooling, **_layer_options(cfg))
+             pooling=cfg.vit_pooling, remat=_remat(cfg), **_layer_options(cfg))
 
 
 def _gpt(cfg, num_classes: int) -> nn.Module:
@@ -79,7 +89,7 @@ def _gpt(cfg, num_classes: int) -> nn.Module:
     options['kernel_init'] = nn.initializers.normal(0.02)
   return GPT(num_classes=num_classes, max_len=cfg.max_len, width=cfg.width, num_layers=cfg.num_layers,
              num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim, positions=cfg.positions,
-             tie_embeddings=cfg.tie_embeddings, **options)
+             tie_embeddings=cfg.tie_embeddings, remat=_remat(cfg), **options)
 
 
 def _unet(cfg, num_classes: int) -> nn.Module:

@@ -149,6 +149,7 @@ class GPT(nn.Module):
   tie_embeddings: bool = True
   dtype: Any = None
   decode: bool = False
+  remat: str = 'none'  # model.remat, on each block (layers.remat); decoding never differentiates.
 
   @nn.compact
   def __call__(self, tokens, segments=None, positions=None, train: bool = False):
@@ -196,10 +197,11 @@ class GPT(nn.Module):
       table = self.param('pos_embedding', nn.initializers.normal(0.02), (self.max_len, self.width))
       x = x + jnp.take(table, positions, axis=0).astype(x.dtype)
     x = layers.Dropout(self.dropout, deterministic=not train)(x)
+    block = layers.remat(Block, 'none' if self.decode else self.remat, train_argnum=5)
     for i in range(self.num_layers):
-      x = Block(self.num_heads, self.mlp_dim, kernel_init=self.kernel_init, bias_init=self.bias_init,
-                max_len=self.max_len, activation=self.activation, dropout=self.dropout, rotary=rotary,
-                dtype=self.dtype, decode=self.decode, name=f'block_{i}')(
+      x = block(self.num_heads, self.mlp_dim, kernel_init=self.kernel_init, bias_init=self.bias_init,
+            max_len=self.max_len, activation=self.activation, dropout=self.dropout, rotary=rotary,
+            dtype=self.dtype, decode=self.decode, name=f'block_{i}')(
                     x, mask, positions if rotary else None, cache_index, train)
     x = nn.LayerNorm(dtype=self.dtype, name='ln_final')(x)
     if self.tie_embeddings:

@@ -186,6 +186,21 @@ class Dropout(nn.Module):
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
+# model.remat: what a block's backward pass recomputes instead of keeping from its forward pass
+# (jax.checkpoint policies). 'full' keeps only the block's inputs; 'dots_saveable' keeps the matmul and
+# conv outputs and recomputes the cheap elementwise work between them.
+REMAT_POLICIES = {'none': None, 'full': None, 'dots_saveable': jax.checkpoint_policies.dots_saveable}
+
+
+def remat(block: type[nn.Module], mode: str, train_argnum: int) -> type[nn.Module]:
+  """`block` with activation checkpointing per `mode` (model.remat); `train_argnum` is the position of its
+  `train` argument in `__call__` (self is 0), a Python bool the checkpoint must treat as static."""
+  policy = lookup(REMAT_POLICIES, 'model.remat', mode)
+  if mode == 'none':
+    return block
+  return nn.remat(block, policy=policy, static_argnums=(train_argnum,))
+
+
 # Parameters stay float32 whatever the compute dtype: bf16 updates of small weights would round to nothing.
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 

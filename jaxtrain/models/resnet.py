@@ -96,6 +96,7 @@ class ResNet(nn.Module):
   dropout: float = 0.0
   zero_init_residual: bool = False
   dtype: Any = None
+  remat: str = 'none'  # model.remat, on each residual block (layers.remat).
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -106,11 +107,14 @@ class ResNet(nn.Module):
     x = layers.Activation(self.activation)(x)
     if imagenet:
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    block = layers.remat(ResidualBlock, self.remat, train_argnum=2)
     for stage, depth in enumerate(self.stage_depths):
       for index in range(depth):
-        x = ResidualBlock(self.width * 2 ** stage, bottleneck=self.bottleneck,
-                          strides=2 if stage > 0 and index == 0 else 1, activation=self.activation,
-                          zero_init_residual=self.zero_init_residual, **conv)(x, train)
+        # Named as Flax would name them without remat, so parameter paths do not depend on it.
+        x = block(self.width * 2 ** stage, bottleneck=self.bottleneck,
+                  strides=2 if stage > 0 and index == 0 else 1, activation=self.activation,
+                  zero_init_residual=self.zero_init_residual,
+                  name=f'ResidualBlock_{sum(self.stage_depths[:stage]) + index}', **conv)(x, train)
     x = x.mean(axis=(1, 2))
     if self.dropout > 0:
       x = layers.Dropout(self.dropout, deterministic=not train)(x)

@@ -59,6 +59,7 @@ class ViT(nn.Module):
   dropout: float = 0.0
   pooling: str = 'token'
   dtype: Any = None
+  remat: str = 'none'  # model.remat, on each encoder block (layers.remat).
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -76,9 +77,10 @@ class ViT(nn.Module):
       x = jnp.concatenate([jnp.broadcast_to(token.astype(x.dtype), (x.shape[0], 1, self.width)), x], 1)
     position = self.param('pos_embedding', nn.initializers.normal(0.02), (1, *x.shape[1:]))
     x = layers.Dropout(self.dropout, deterministic=not train)(x + position.astype(x.dtype))
-    for _ in range(self.num_layers):
-      x = EncoderBlock(self.num_heads, self.mlp_dim, activation=self.activation, dropout=self.dropout,
-                       **dense)(x, train)
+    block = layers.remat(EncoderBlock, self.remat, train_argnum=2)
+    for i in range(self.num_layers):
+      x = block(self.num_heads, self.mlp_dim, activation=self.activation, dropout=self.dropout,
+                name=f'EncoderBlock_{i}', **dense)(x, train)
     x = nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
     if self.pooling == 'token':
       x = x[:, 0]
