@@ -36,8 +36,9 @@ def step_memory(name: str, options: dict, shapes: dict, remat: str) -> dict:
   model = model_lib.wrap(models.build(config.model, num_classes), tuple(shapes))
   batch = {key: np.zeros(shape, np.int32 if key == 'tokens' else np.float32)
            for key, shape in shapes.items()}
-  first = next(iter(shapes.values()))
-  batch['targets' if name == 'gpt' else 'label'] = np.zeros(first[:2] if name == 'gpt' else first[:1], np.int32)
+  first = next(iter(shapes.values()))  # The labels: one per token for the GPT, one per image otherwise.
+  label, label_shape = ('targets', first[:2]) if name == 'gpt' else ('label', first[:1])
+  batch[label] = np.zeros(label_shape, np.int32)
   optimizer = optim.build(config.optim, total_steps=100)
   task = tasks.build(config.task)
   example = {key: value[:1] for key, value in batch.items()}
