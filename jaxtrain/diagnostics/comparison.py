@@ -18,6 +18,7 @@ import numpy as np
 
 from jaxtrain import build, data, evaluation, steps
 from jaxtrain.diagnostics import experiment, lr_find
+from jaxtrain.diagnostics.checks import Check, skipped, status
 
 _SMOOTHING = 0.9  # Of the training loss's moving average (bias-corrected), for steps to a loss.
 
@@ -82,3 +83,43 @@ def norm(exp, normalization: dict) -> dict | None:
   return {'target_loss': target, **{
       choice: {'steps_to_target': int(np.argmax(losses <= target)) + 1, 'final_loss': float(losses[-1])}
       for choice, losses in runs.items()}}
+
+
+def check_regularization(results: dict) -> Check:
+  """The train/validation gap with and without the configured regularization (doctor.compare)."""
+  regularized, plain = results['with'], results['without']
+  narrows = regularized['gap'] < plain['gap']
+  hurts = regularized['eval_loss'] > 1.2 * plain['eval_loss']  # Beyond a short run's noise.
+  return Check('regularization', status(False, hurts),
+               f'gap {regularized["gap"]:.3g} with (eval/loss {regularized["eval_loss"]:.3g}), '
+               f'{plain["gap"]:.3g} without (eval/loss {plain["eval_loss"]:.3g})',
+               'regularization narrows the train/validation gap without raising the eval loss',
+               'The configured regularization makes the eval loss worse on this data in a short run: '
+               'lower model.dropout or optim.weight_decay, or check data.augment (it may distort the '
+               'inputs; see plots/batch.png).' if hurts else
+               '' if narrows else 'The regularization does not narrow the gap here; it may only matter '
+               'later in training, or this model does not overfit this data yet.')
+
+
+def check_norm(results: dict | None, configured: str) -> Check:
+  """Steps to a common training loss with and without BatchNorm (doctor.compare=norm)."""
+  if results is None:
+    return skipped('batch_norm', 'needs the zoo\'s model.norm to build the model with and without '
+                                 'BatchNorm; a user\'s model decides its normalization itself')
+  with_norm, without = results['batch']['steps_to_target'], results['none']['steps_to_target']
+  chosen, other = (with_norm, without) if configured == 'batch' else (without, with_norm)
+  slower, switch = chosen > 1.5 * other, 'none' if configured == 'batch' else 'batch'
+  return Check('batch_norm', status(False, slower),
+               f'{with_norm} steps with BatchNorm, {without} without, to loss {results["target_loss"]:.3g}',
+               f'the configured model.norm={configured!r} reaches the loss no slower',
+               f'Training reaches the loss faster with model.norm={switch!r} on this model and data; '
+               'consider switching.' if slower else '')
+
+
+def compare(exp, normalization: dict) -> tuple[Check, dict | None]:
+  """doctor.compare's check and figures."""
+  if exp.config.doctor.compare == 'regularization':
+    results = regularization(exp, normalization)
+    return check_regularization(results), results
+  results = norm(exp, normalization)
+  return check_norm(results, exp.config.model.norm), results

@@ -24,31 +24,12 @@ import numpy as np
 from jaxtrain import data, evaluation, steps, tasks
 from jaxtrain.config import ConfigError
 from jaxtrain.diagnostics import baselines, comparison, curves, experiment, lr_find, plots, stats, views
+from jaxtrain.diagnostics.checks import Check, skipped, status
 from jaxtrain.history import read_metrics
 from jaxtrain.state import variables
 
 RESULT_FILE = 'doctor.json'
 PLOT_FILE = 'plots/gradient_flow.png'
-
-
-@dataclasses.dataclass(frozen=True)
-class Check:
-  """One row of the verdict: what was measured, what a healthy run shows, and what to do otherwise."""
-
-  name: str
-  status: str  # 'pass' | 'warn' | 'fail' | 'skipped' (cannot be measured on this model; `advice` says why)
-  value: float | str
-  expected: str
-  advice: str = ''
-  details: dict = dataclasses.field(default_factory=dict)  # Per-layer numbers, where a check has them.
-
-
-def skipped(name: str, reason: str) -> Check:
-  return Check(name, 'skipped', 'not measured', 'n/a', reason)
-
-
-def _status(fail: bool, warn: bool) -> str:
-  return 'fail' if fail else 'warn' if warn else 'pass'
 
 
 def _worst(per_layer: dict[str, float], largest: bool = True) -> tuple[str, float]:
@@ -74,7 +55,7 @@ def check_initial_loss(loss: float, chance: float) -> Check:
             '(He for ReLU, Glorot for tanh/sigmoid) and look at exploding_gradients.' if ratio > 3 else
             'The untrained model is confidently wrong: its logits start too large. Initialize the last '
             'layer smaller (a smaller model.kernel_init scale) or add model.norm=batch.')
-  return Check('initial_loss', _status(ratio > 3, not 0.7 <= ratio <= 1.5), loss,
+  return Check('initial_loss', status(ratio > 3, not 0.7 <= ratio <= 1.5), loss,
                f'about the chance loss {chance:.3g} (0.7x-1.5x)', advice)
 
 
@@ -113,7 +94,7 @@ def check_output_layer(logits: np.ndarray, num_classes: int, task: tasks.Task) -
 
 def check_labels(labels: np.ndarray, num_classes: int) -> Check:
   low, high = int(labels.min()), int(labels.max())
-  return Check('labels', _status(low < 0 or high >= num_classes, False), f'{low}..{high}',
+  return Check('labels', status(low < 0 or high >= num_classes, False), f'{low}..{high}',
                f'integers in 0..{num_classes - 1}',
                '' if 0 <= low and high < num_classes else
                'Labels outside the classes the model predicts: remap them to 0..C-1 or fix the number of '
@@ -123,7 +104,7 @@ def check_labels(labels: np.ndarray, num_classes: int) -> Check:
 def check_class_balance(labels: np.ndarray, num_classes: int) -> Check:
   counts = np.bincount(labels.ravel().clip(0, num_classes - 1), minlength=num_classes)
   ratio = counts.max() / max(counts.min(), 1)
-  return Check('class_balance', _status(False, counts.min() == 0 or ratio > 10),
+  return Check('class_balance', status(False, counts.min() == 0 or ratio > 10),
                f'{counts.min()}..{counts.max()} training examples per class',
                'every class present, at most 10x more examples in one class than in another',
                '' if counts.min() > 0 and ratio <= 10 else
@@ -133,7 +114,7 @@ def check_class_balance(labels: np.ndarray, num_classes: int) -> Check:
 
 def check_finite_inputs(images: np.ndarray) -> Check:
   bad = int(np.size(images) - np.isfinite(images).sum())
-  return Check('finite_inputs', _status(bad > 0, False), f'{bad} non-finite values', 'none',
+  return Check('finite_inputs', status(bad > 0, False), f'{bad} non-finite values', 'none',
                'NaN or Inf in the inputs: clean the data, or fix a normalization that divides by a zero '
                'standard deviation.' if bad else '')
 
@@ -141,7 +122,7 @@ def check_finite_inputs(images: np.ndarray) -> Check:
 def check_input_scale(images: np.ndarray) -> Check:
   mean, std = float(np.nanmean(images)), float(np.nanstd(images))
   ok = abs(mean) <= 0.5 and 0.5 <= std <= 2
-  return Check('input_scale', _status(False, not ok), f'mean {mean:.3g}, std {std:.3g}',
+  return Check('input_scale', status(False, not ok), f'mean {mean:.3g}, std {std:.3g}',
                'mean about 0 and std about 1 after normalization',
                '' if ok else 'Inputs are not standardized: normalize them with statistics of the training '
                'split (note 001); unscaled inputs slow training and saturate units.')
@@ -155,7 +136,7 @@ def check_overfit(loss: float, accuracy: float | None, reference: float, num_ste
   fail = not math.isfinite(loss) or (accuracy is not None and accuracy < 0.9)
   warn = loss > target or (accuracy is not None and accuracy < 1)
   shown = f', accuracy {accuracy:.1%}' if accuracy is not None else ''
-  return Check('overfit_batch', _status(fail, warn), f'loss {loss:.3g}{shown} after {num_steps} steps',
+  return Check('overfit_batch', status(fail, warn), f'loss {loss:.3g}{shown} after {num_steps} steps',
                f'{"accuracy 100% and " if accuracy is not None else ""}loss below {target:.2g} on one batch '
                f'of {batch_size}',
                'The model does not memorize one batch with regularization off: look for too little capacity '
@@ -176,7 +157,7 @@ def check_vanishing(moments: dict[str, dict], layers: list[str]) -> Check:
   advice = ('' if worst >= stats.VANISHING_WARN and not silent else
             'Early layers hardly learn: use ReLU-family activations with He init (model.activation=relu, '
             'model.kernel_init=auto), BatchNorm (model.norm=batch), or a shallower or residual model.')
-  return Check('vanishing_gradients', _status(worst < stats.VANISHING_FAIL or silent,
+  return Check('vanishing_gradients', status(worst < stats.VANISHING_FAIL or silent,
                                               worst < stats.VANISHING_WARN),
                'no gradient at all' if silent else f'{worst:.2g}{where}',
                "every layer's gradient/weight ratio at least 1/100 of any later layer's", advice, relative)
@@ -194,7 +175,7 @@ def check_exploding(moments: dict[str, dict], layers: list[str]) -> Check:
   layer, largest = _worst(norms)
   growth = max((g1[k] / g0[k] for k in layers if 0 < g0[k] < math.inf), default=1.0)
   ok = largest <= 1e2 and growth <= 10
-  return Check('exploding_gradients', _status(largest > 1e3, not ok),
+  return Check('exploding_gradients', status(largest > 1e3, not ok),
                f'largest {largest:.3g} ({layer}); x{growth:.2g} {later}',
                'gradient norms below 100 that do not grow 10x in the first steps',
                '' if ok else 'Gradients explode: lower optim.lr, clip them (optim.clip_norm=1.0), replace '
@@ -204,7 +185,7 @@ def check_exploding(moments: dict[str, dict], layers: list[str]) -> Check:
 def _activation_check(name: str, fractions: dict[str, dict], expected: str, advice: str) -> Check:
   per_layer = {layer: max(f[layer] for f in fractions.values()) for layer in next(iter(fractions.values()))}
   layer, worst = _worst(per_layer)
-  return Check(name, _status(worst > 0.5, worst > 0.2), f'{worst:.0%} in {layer}', expected,
+  return Check(name, status(worst > 0.5, worst > 0.2), f'{worst:.0%} in {layer}', expected,
                advice if worst > 0.2 else '', per_layer)
 
 
@@ -229,7 +210,7 @@ def check_update_ratio(ratios: dict[str, float]) -> Check:
   advice = ('Updates are large against the weights: lower optim.lr.' if high > 0.1 else
             f'{low_layer} hardly changes: raise optim.lr, or look at its initial weights and gradients.'
             if low < 1e-4 else '')
-  return Check('update_ratio', _status(high > 1, high > 0.1 or low < 1e-4),
+  return Check('update_ratio', status(high > 1, high > 0.1 or low < 1e-4),
                f'{low:.2g} ({low_layer})..{high:.2g} ({high_layer})',
                'about 1e-3 per step in every layer (1e-4..1e-1)', advice, ratios)
 
@@ -245,7 +226,7 @@ def check_learning_rate(lr: float, test: dict) -> Check:
   fail = (diverged is not None and lr >= diverged) or lr > 30 * suggested
   ok = suggested / 30 <= lr <= 10 * suggested
   where = f', the loss diverged at {diverged:.3g}' if diverged is not None else ''
-  return Check('learning_rate', _status(fail, not ok), f'optim.lr={lr:.3g}; suggested {suggested:.3g}{where}',
+  return Check('learning_rate', status(fail, not ok), f'optim.lr={lr:.3g}; suggested {suggested:.3g}{where}',
                f'{suggested / 30:.2g}..{10 * suggested:.2g}, below where the loss diverges',
                '' if ok and not fail else
                f'Set optim.lr near {suggested:.2g}; --mode lr_find plots the whole range test '
@@ -268,7 +249,7 @@ def check_constant_baseline(name: str, baseline: dict, trained: dict | None, num
   if trained is None:
     return Check(f'{name}_baseline', 'pass', shown, 'a trained run must beat it (summary.json shows both)')
   ok = baselines.beaten(trained['eval/loss'], baseline['eval/loss'])
-  return Check(f'{name}_baseline', _status(False, not ok), shown,
+  return Check(f'{name}_baseline', status(False, not ok), shown,
                f'eval/loss below {baselines.MARGIN:g}x after {num_steps} steps with inputs '
                f'(it is {trained["eval/loss"]:.3g})',
                '' if ok else 'The model barely beats a constant prediction after these steps: look at '
@@ -279,7 +260,7 @@ def check_input_independent(with_inputs: dict, without: dict, num_steps: int) ->
   """The model trained on its inputs against the same model and batches with the inputs zeroed (note 002):
   a model that ignores its inputs does exactly as well without them."""
   ratio = with_inputs['eval/loss'] / max(without['eval/loss'], 1e-12)
-  return Check('input_independent', _status(ratio > 0.98, not baselines.beaten(with_inputs['eval/loss'],
+  return Check('input_independent', status(ratio > 0.98, not baselines.beaten(with_inputs['eval/loss'],
                                                                                 without['eval/loss'])),
                f'eval/loss {with_inputs["eval/loss"]:.3g} with inputs, {without["eval/loss"]:.3g} zeroed',
                f'with inputs below {baselines.MARGIN:g}x the zeroed inputs\' loss after {num_steps} steps',
@@ -462,45 +443,6 @@ def _checks(exp, m: dict, history: list[dict], groups: set[str]) -> list[Check]:
   return checks
 
 
-def check_regularization(results: dict) -> Check:
-  """The train/validation gap with and without the configured regularization (doctor.compare)."""
-  regularized, plain = results['with'], results['without']
-  narrows = regularized['gap'] < plain['gap']
-  hurts = regularized['eval_loss'] > 1.2 * plain['eval_loss']  # Beyond a short run's noise.
-  return Check('regularization', _status(False, hurts),
-               f'gap {regularized["gap"]:.3g} with (eval/loss {regularized["eval_loss"]:.3g}), '
-               f'{plain["gap"]:.3g} without (eval/loss {plain["eval_loss"]:.3g})',
-               'regularization narrows the train/validation gap without raising the eval loss',
-               'The configured regularization makes the eval loss worse on this data in a short run: '
-               'lower model.dropout or optim.weight_decay, or check data.augment (it may distort the '
-               'inputs; see plots/batch.png).' if hurts else
-               '' if narrows else 'The regularization does not narrow the gap here; it may only matter '
-               'later in training, or this model does not overfit this data yet.')
-
-
-def check_norm(results: dict | None, configured: str) -> Check:
-  """Steps to a common training loss with and without BatchNorm (doctor.compare=norm)."""
-  if results is None:
-    return skipped('batch_norm', 'needs the zoo\'s model.norm to build the model with and without '
-                                 'BatchNorm; a user\'s model decides its normalization itself')
-  with_norm, without = results['batch']['steps_to_target'], results['none']['steps_to_target']
-  chosen, other = (with_norm, without) if configured == 'batch' else (without, with_norm)
-  slower, switch = chosen > 1.5 * other, 'none' if configured == 'batch' else 'batch'
-  return Check('batch_norm', _status(False, slower),
-               f'{with_norm} steps with BatchNorm, {without} without, to loss {results["target_loss"]:.3g}',
-               f'the configured model.norm={configured!r} reaches the loss no slower',
-               f'Training reaches the loss faster with model.norm={switch!r} on this model and data; '
-               'consider switching.' if slower else '')
-
-
-def _compare(exp, normalization: dict) -> tuple[Check, dict | None]:
-  if exp.config.doctor.compare == 'regularization':
-    results = comparison.regularization(exp, normalization)
-    return check_regularization(results), results
-  results = comparison.norm(exp, normalization)
-  return check_norm(results, exp.config.model.norm), results
-
-
 def verdict(checks: list[Check]) -> str:
   statuses = {c.status for c in checks}  # A skipped check says nothing either way.
   return 'fail' if 'fail' in statuses else 'warn' if 'warn' in statuses else 'pass'
@@ -519,7 +461,7 @@ def doctor(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path
   checks = _checks(exp, measured, read_metrics(workdir), groups)
   report = {}
   if exp.config.doctor.compare:
-    check, report['comparison'] = _compare(exp, normalization)
+    check, report['comparison'] = comparison.compare(exp, normalization)
     checks.append(check)
   report = {'checks': [{k: v for k, v in dataclasses.asdict(c).items() if k != 'details' or v}
                        for c in checks],
