@@ -164,7 +164,8 @@ def defaults() -> ml_collections.ConfigDict:
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.strategy = 'auto'  # auto|single|mesh|pmap (jaxtrain/parallel.py).
-  c.parallel.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1})  # mesh: -1 = the remaining devices.
+  # mesh: -1 = the remaining devices; model > 1 splits vit's and gpt's attention and MLP (tensor parallel).
+  c.parallel.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'model': 1})
   c.parallel.fsdp_min_size = 4096  # Under fsdp > 1, arrays with fewer elements stay replicated.
 
   # --mode sweep (jaxtrain/experiments/sweep.py): Optuna trials, each a normal run in workdir/trials/<n>/.

@@ -3,10 +3,13 @@
 A step is written once, for one batch (steps.py). The strategies wrap it:
 
 * `single`: one device.
-* `mesh`: `jax.jit` over a Mesh with axes ('data', 'fsdp') from `parallel.mesh`. The global batch is split
-  over every device; XLA inserts the gradient all-reduce, and BatchNorm statistics and dropout see the global
-  batch. Parameters and optimizer state are replicated, or with fsdp > 1 each large array is sharded along
-  its largest dimension that `fsdp` divides (FSDP), so each device holds 1/fsdp of it.
+* `mesh`: `jax.jit` over a Mesh with axes ('data', 'fsdp', 'model') from `parallel.mesh`. The global batch
+  is split over the data and fsdp devices; XLA inserts the gradient all-reduce, and BatchNorm statistics and
+  dropout see the global batch. Parameters and optimizer state are replicated, or with fsdp > 1 each large
+  array is sharded along its largest dimension that `fsdp` divides (FSDP), so each device holds 1/fsdp of
+  it. With model > 1 (tensor parallelism, note 001's model parallelism: every device of a model group sees
+  the same data and holds part of the model) the attention and MLP kernels of vit and gpt are split by
+  `models.MODEL_AXIS_RULES`, Megatron-style; XLA's partitioner inserts the collectives.
 * `pmap`: the per-device program of `jax.pmap` (each device runs the step on its slice of the batch, with
   gradients, metrics and BatchNorm statistics averaged by `lax.pmean` over the axis 'batch'), written with
   `jax.shard_map`, which is what jax.pmap is built on today. The state stays one global (replicated) array,
@@ -20,6 +23,7 @@ state of `jax.eval_shape`), and the train step donates it.
 import dataclasses
 import math
 import os
+import re
 import socket
 import time
 
@@ -29,6 +33,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxtrain import models
 from jaxtrain.config import ConfigError, lookup
 from jaxtrain.models import layers
 
@@ -40,7 +45,7 @@ PMAP_AXIS = 'batch'
 class Strategy:
   """Where state and batches live, and the compiled steps. Hashable: compiled programs are cached by it."""
 
-  mesh: Mesh  # Axes ('data', 'fsdp'); `pmap` uses the data axis alone.
+  mesh: Mesh  # Axes ('data', 'fsdp', 'model'); `pmap` uses the data axis alone.
   fsdp_min_size: int = 0  # Arrays with fewer elements stay replicated under fsdp.
   per_device: bool = False  # The pmap strategy.
 
@@ -50,8 +55,14 @@ class Strategy:
 
   @property
   def batch_axes(self) -> tuple[str, ...]:
-    """A batch is split over every axis: ('data', 'fsdp'), or pmap's one axis."""
-    return tuple(self.mesh.axis_names)
+    """A batch is split over every axis but 'model' (a model group sees the same data): ('data', 'fsdp'),
+    or pmap's one axis."""
+    return tuple(axis for axis in self.mesh.axis_names if axis != 'model')
+
+  @property
+  def data_parallel_size(self) -> int:
+    """The devices a batch is split over (batch sizes must divide by it)."""
+    return math.prod(self.mesh.shape[axis] for axis in self.batch_axes)
 
   @property
   def replicated(self) -> NamedSharding:
@@ -68,19 +79,22 @@ class Strategy:
     return NamedSharding(self.mesh, P(None, self.batch_axes))
 
   def state_shardings(self, abstract_state):
-    """Replicated, or under fsdp each array of >= fsdp_min_size elements sharded along its largest
-    dimension divisible by the fsdp axis (optimizer moments shaped like a kernel follow the kernel)."""
-    fsdp = self.mesh.shape.get('fsdp', 1)
+    """Per array: its dimension split over 'model' by `models.MODEL_AXIS_RULES` (matched on its path, so
+    optimizer moments follow their kernel) when the axis divides it; then, under fsdp and for arrays of
+    >= fsdp_min_size elements, its largest other dimension divisible by the fsdp axis; else replicated."""
+    fsdp, model = self.mesh.shape.get('fsdp', 1), self.mesh.shape.get('model', 1)
 
-    def sharding(leaf) -> NamedSharding:
-      if fsdp == 1 or leaf.size < self.fsdp_min_size:
-        return self.replicated
-      for dim in sorted(range(leaf.ndim), key=lambda d: -leaf.shape[d]):
-        if leaf.shape[dim] % fsdp == 0:
-          return NamedSharding(self.mesh, P(*[None] * dim, 'fsdp'))
-      return self.replicated
+    def sharding(path, leaf) -> NamedSharding:
+      spec = [None] * leaf.ndim
+      if model > 1:
+        spec = list(_model_axis_spec(jax.tree_util.keystr(path, simple=True, separator='/'), leaf, model))
+      if fsdp > 1 and leaf.size >= self.fsdp_min_size:
+        free = [d for d in range(leaf.ndim) if spec[d] is None and leaf.shape[d] % fsdp == 0]
+        if free:
+          spec[max(free, key=lambda d: leaf.shape[d])] = 'fsdp'
+      return NamedSharding(self.mesh, P(*spec)) if any(spec) else self.replicated
 
-    return jax.tree.map(sharding, abstract_state)
+    return jax.tree_util.tree_map_with_path(sharding, abstract_state)
 
   def jit_create_state(self, create_fn):
     """`create_fn(seed)` under jit, so the state is born on its devices with its sharding (no host copy)."""
@@ -190,24 +204,37 @@ def _wait_for_coordinator(address: str, timeout: float) -> None:
       time.sleep(1)
 
 
-def _mesh_shape(mesh_config, num_devices: int) -> tuple[int, int]:
-  """(data, fsdp) from `parallel.mesh`; one axis may be -1 (all the devices the other leaves)."""
-  sizes = {'data': mesh_config.data, 'fsdp': mesh_config.fsdp}
+def _model_axis_spec(path: str, leaf, size: int) -> tuple:
+  """The PartitionSpec entries the first matching rule gives this array, or all None (replicated) when
+  none matches or the axis does not divide the dimension it splits."""
+  for pattern, spec in models.MODEL_AXIS_RULES:
+    if re.search(pattern, path) and len(spec) == leaf.ndim:
+      dim = spec.index('model')
+      return spec if leaf.shape[dim] % size == 0 else (None,) * leaf.ndim
+  return (None,) * leaf.ndim
+
+
+MESH_AXES = ('data', 'fsdp', 'model')
+
+
+def _mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
+  """(data, fsdp, model) from `parallel.mesh`; one axis may be -1 (all the devices the others leave)."""
+  sizes = {axis: mesh_config[axis] for axis in MESH_AXES}
   for axis, size in sizes.items():
     if size == 0 or size < -1:
       raise ConfigError(f'parallel.mesh.{axis}={size} is out of range; give a positive size or -1')
   if list(sizes.values()).count(-1) > 1:
-    raise ConfigError('parallel.mesh has -1 on both axes; set at most one to -1 (all remaining devices)')
+    raise ConfigError('parallel.mesh has -1 on several axes; set at most one to -1 (all remaining devices)')
   known = math.prod(size for size in sizes.values() if size != -1)
+  shape = ' x '.join(f'{axis}={size}' for axis, size in sizes.items())
   if num_devices % known:
-    raise ConfigError(f'parallel.mesh data={sizes["data"]} x fsdp={sizes["fsdp"]} does not divide the '
-                      f'{num_devices} devices; make the product of the axes divide {num_devices}')
+    raise ConfigError(f'parallel.mesh {shape} does not divide the {num_devices} devices; make the product '
+                      f'of the axes divide {num_devices}')
   sizes = {axis: num_devices // known if size == -1 else size for axis, size in sizes.items()}
-  if sizes['data'] * sizes['fsdp'] != num_devices:
-    raise ConfigError(f'parallel.mesh data={sizes["data"]} x fsdp={sizes["fsdp"]} uses '
-                      f'{sizes["data"] * sizes["fsdp"]} devices but there are {num_devices}; '
-                      'set one axis to -1 to use them all')
-  return sizes['data'], sizes['fsdp']
+  if math.prod(sizes.values()) != num_devices:
+    raise ConfigError(f'parallel.mesh {shape} uses {math.prod(sizes.values())} devices but there are '
+                      f'{num_devices}; set one axis to -1 to use them all')
+  return sizes['data'], sizes['fsdp'], sizes['model']
 
 
 def make(parallel_config, batch_sizes: dict[str, int]) -> Strategy:
@@ -216,13 +243,13 @@ def make(parallel_config, batch_sizes: dict[str, int]) -> Strategy:
   devices = jax.devices()
   if name == 'single' or (name == 'auto' and len(devices) == 1):
     devices = devices[:1]
-  data, fsdp = (len(devices), 1) if name in ('auto', 'single', 'pmap') else _mesh_shape(
+  data, fsdp, model = (len(devices), 1, 1) if name in ('auto', 'single', 'pmap') else _mesh_shape(
       parallel_config.mesh, len(devices))
   for key, size in batch_sizes.items():
-    if size % len(devices):
-      raise ConfigError(f'{key}={size} does not divide evenly across {len(devices)} devices; '
-                        f'use a multiple of {len(devices)} or --config.parallel.strategy=single')
-  mesh = Mesh(np.asarray(devices).reshape(data, fsdp), ('data', 'fsdp'))
+    if size % (data * fsdp):
+      raise ConfigError(f'{key}={size} does not divide evenly across the {data * fsdp} data-parallel '
+                        f'devices; use a multiple of {data * fsdp} or --config.parallel.strategy=single')
+  mesh = Mesh(np.asarray(devices).reshape(data, fsdp, model), MESH_AXES)
   if name == 'pmap':
     mesh = Mesh(np.asarray(devices), (PMAP_AXIS,))
   return Strategy(mesh=mesh, fsdp_min_size=parallel_config.fsdp_min_size, per_device=name == 'pmap')

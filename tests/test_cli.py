@@ -122,7 +122,7 @@ def test_batch_not_divisible_by_device_count(tmp_path):
                workdir=tmp_path / 'w', data_dir=tmp_path / 'tfds',
                env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
   assert result.returncode == 2
-  assert 'data.batch_size=30 does not divide evenly across 4 devices' in result.stderr
+  assert 'data.batch_size=30 does not divide evenly across the 4 data-parallel devices' in result.stderr
   assert not (tmp_path / 'w').exists()
 
 

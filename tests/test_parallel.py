@@ -80,13 +80,13 @@ def test_fsdp_shards_large_kernels_and_holds_less_per_device(strategies):
 
 @pytest.mark.parametrize('overrides, message', [
     (['--config.parallel.strategy=mesh', '--config.parallel.mesh.data=3'],
-     'parallel.mesh data=3 x fsdp=1 does not divide the 8 devices'),
+     'parallel.mesh data=3 x fsdp=1 x model=1 does not divide the 8 devices'),
     (['--config.parallel.strategy=mesh', '--config.parallel.mesh.data=2', '--config.parallel.mesh.fsdp=2'],
      'uses 4 devices but there are 8'),
     (['--config.parallel.strategy=mesh', '--config.parallel.mesh.fsdp=-1', '--config.parallel.mesh.data=-1'],
-     'has -1 on both axes'),
+     'has -1 on several axes'),
     (['--config.parallel.strategy=pmap', '--config.data.batch_size=36'],
-     'data.batch_size=36 does not divide evenly across 8 devices'),
+     'data.batch_size=36 does not divide evenly across the 8 data-parallel devices'),
 ], ids=['indivisible-mesh', 'mesh-too-small', 'two-minus-ones', 'indivisible-batch'])
 def test_device_mistakes_exit_2_with_one_error_line(tmp_path, overrides, message):
   result = run_on_8_devices('-m', 'jaxtrain.main', '--config', str(CONFIGS / 'digits_cnn.py'),
@@ -96,3 +96,65 @@ def test_device_mistakes_exit_2_with_one_error_line(tmp_path, overrides, message
   errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
   assert len(errors) == 1 and message in errors[0], result.stderr
   assert not (tmp_path / 'run').exists()
+
+
+# Tensor parallelism: data=2 x model=4 against one device, on small GPT and ViT models.
+TENSOR_PARALLEL_SCRIPT = '''
+import json, sys
+import jax
+import numpy as np
+import jaxtrain
+
+def first_device_bytes(leaf):
+  return sum(s.data.nbytes for s in leaf.addressable_shards if s.device == jax.devices()[0])
+
+rng = np.random.default_rng(0)
+tokens = {'tokens': rng.integers(1, 32, (256, 16)).astype(np.int32)}
+text = jaxtrain.data.Arrays(train={**tokens, 'targets': np.roll(tokens['tokens'], -1, axis=1)},
+                            eval={**tokens, 'targets': np.roll(tokens['tokens'], -1, axis=1)})
+images = jaxtrain.data.Arrays(train={'image': rng.normal(size=(256, 16, 16, 3)).astype(np.float32),
+                                     'label': rng.integers(0, 4, 256).astype(np.int32)})
+models = {
+    'gpt': (text, {'model.name': 'gpt', 'model.inputs': ('tokens',), 'task.name': 'language_modeling',
+                   'model.max_len': 16, 'model.num_heads': 4}),
+    'vit': (images, {'model.name': 'vit', 'model.patch_size': 4, 'model.num_heads': 4,
+                     'data.validation_fraction': 0.25}),
+}
+out = {}
+for name, (arrays, overrides) in models.items():
+  for strategy, mesh in (('single', {'parallel.strategy': 'single'}),
+                         ('tensor', {'parallel.strategy': 'mesh', 'parallel.mesh.data': 2,
+                                     'parallel.mesh.model': 4})):
+    config = jaxtrain.config.defaults()
+    jaxtrain.config.override(config, {
+        'model.width': 32, 'model.num_layers': 2, 'model.mlp_dim': 64, 'model.dropout': 0.1,
+        'data.normalize': (), 'data.batch_size': 16, 'train.num_steps': 8, 'train.log_every_steps': 1,
+        'train.progress_bar': False, 'optim.name': 'momentum', 'optim.lr': 0.05, 'diagnostics.report': False,
+        'compile_cache.enabled': False, **overrides, **mesh})
+    run = jaxtrain.fit(config, data=arrays)
+    block = run.state.params['block_0' if name == 'gpt' else 'EncoderBlock_0']
+    split = block['mlp']['fc']['kernel'] if name == 'gpt' else block['Dense_0']['kernel']
+    out[f'{name}/{strategy}'] = {
+        'losses': [r['train/loss'] for r in run.history if 'train/loss' in r],
+        'split_spec': str(split.sharding.spec), 'split_bytes': first_device_bytes(split),
+        'params_bytes': sum(first_device_bytes(x) for x in jax.tree.leaves(run.state.params))}
+print(json.dumps(out))
+'''
+
+
+@pytest.fixture(scope='module')
+def tensor_parallel():
+  result = run_on_8_devices('-c', TENSOR_PARALLEL_SCRIPT)
+  assert result.returncode == 0, result.stderr
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize('name', ['gpt', 'vit'])
+def test_tensor_parallel_trains_like_one_device_and_splits_the_kernels(tensor_parallel, name):
+  single, tensor = tensor_parallel[f'{name}/single'], tensor_parallel[f'{name}/tensor']
+  assert len(single['losses']) == len(tensor['losses']) == 8
+  for a, b in zip(single['losses'], tensor['losses'], strict=True):
+    assert abs(a - b) <= 1e-4 * max(1.0, abs(a))
+  assert tensor['split_spec'] == "P(None, 'model')" and single['split_spec'] == 'P()'
+  assert tensor['split_bytes'] * 4 == single['split_bytes']  # A quarter of the kernel per device.
+  assert tensor['params_bytes'] < 0.5 * single['params_bytes']  # Most parameters are in the split kernels.

@@ -315,7 +315,8 @@ def _input_independent(exp, normalization: dict, step, state, model) -> dict:
 
 def _overfit_size(exp) -> int:
   """The overfit batch's size: doctor.overfit_examples (or the batch size), a multiple of the devices."""
-  size, devices = exp.config.doctor.overfit_examples or exp.config.data.batch_size, exp.strategy.num_devices
+  size = exp.config.doctor.overfit_examples or exp.config.data.batch_size
+  devices = exp.strategy.data_parallel_size
   return -(-size // devices) * devices
 
 

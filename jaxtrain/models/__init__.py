@@ -103,6 +103,8 @@ MODELS = {'mlp': _mlp, 'cnn': _cnn, 'vgg': _vgg, 'vit': _vit, 'unet': _unet, 'gp
 
 
 ZOO = (CNN, GPT, MLP, ResNet, UNet, ViT)  # The classes `MODELS` builds (vgg is a CNN).
+# (parameter path regex, PartitionSpec entries) of the models that split over parallel.mesh.model.
+MODEL_AXIS_RULES = (*gpt.MODEL_AXIS_RULES, *vit.MODEL_AXIS_RULES)
 
 
 def is_zoo(module) -> bool:
@@ -115,4 +117,5 @@ def build(model_config, num_classes: int) -> nn.Module:
   return lookup(MODELS, 'model.name', model_config.name)(model_config, num_classes)
 
 
-__all__ = ['CNN', 'GPT', 'MLP', 'MODELS', 'ResNet', 'UNet', 'ViT', 'ZOO', 'build', 'is_zoo']
+__all__ = ['CNN', 'GPT', 'MLP', 'MODELS', 'MODEL_AXIS_RULES', 'ResNet', 'UNet', 'ViT', 'ZOO', 'build',
+           'is_zoo']

@@ -120,6 +120,16 @@ class Block(nn.Module):
     return x + layers.Dropout(self.dropout, deterministic=not train)(y)
 
 
+# Tensor parallelism (parallel.mesh.model, Megatron-style): the first matmul of attention and of the MLP split
+# by columns over the 'model' axis, the second by rows, so each block needs one all-reduce per pair.
+MODEL_AXIS_RULES = (
+    (r'attention/qkv/kernel$', (None, 'model')), (r'attention/qkv/bias$', ('model',)),
+    (r'attention/out/kernel$', ('model', None)),
+    (r'mlp/fc/kernel$', (None, 'model')), (r'mlp/fc/bias$', ('model',)),
+    (r'mlp/proj/kernel$', ('model', None)),
+)
+
+
 class GPT(nn.Module):
   """GPT-2 small is num_classes=50257, max_len=1024, width=768, num_layers=12, num_heads=12, mlp_dim=3072.
 

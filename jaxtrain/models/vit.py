@@ -44,6 +44,17 @@ class EncoderBlock(nn.Module):
     return x + layers.Dropout(self.dropout, deterministic=not train)(y)
 
 
+# Tensor parallelism (parallel.mesh.model, Megatron-style): attention split by heads (query, key and value by
+# their head axis, the output projection by its head rows) and the MLP's first kernel by columns, its second
+# by rows.
+MODEL_AXIS_RULES = (
+    (r'(query|key|value)/kernel$', (None, 'model', None)), (r'(query|key|value)/bias$', ('model', None)),
+    (r'MultiHeadDotProductAttention_\d+/out/kernel$', ('model', None, None)),
+    (r'EncoderBlock_\d+/Dense_0/kernel$', (None, 'model')), (r'EncoderBlock_\d+/Dense_0/bias$', ('model',)),
+    (r'EncoderBlock_\d+/Dense_1/kernel$', ('model', None)),
+)
+
+
 class ViT(nn.Module):
   """ViT-B/16 is width=768, num_layers=12, num_heads=12, mlp_dim=3072, patch_size=16, pooling='token'."""
 
