@@ -30,6 +30,7 @@ from jaxtrain.callbacks import (
     preemption,
     profiler,
     snapshots,
+    trackers,
 )
 from jaxtrain.callbacks import writers as metric_writers
 from jaxtrain.diagnostics import run_report
@@ -118,8 +119,9 @@ def _train(exp: build.Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkp
   stats = data.load_or_compute_stats(exp.splits.train, workdir, config.data.stats_max_examples, primary,
                                      tuple(config.data.normalize))
   trainer = engine.Trainer(exp, workdir, state, start, ckpt, stats, past)
+  tracked = trackers.build(workdir, config) if primary else []
   writer = metric_writers.MetricWriter.default(workdir, exp.total_steps, start, config.train.progress_bar,
-                                               past, primary, extra_writers)
+                                               past, primary, [*extra_writers, *tracked])
   best = best_checkpoint.BestCheckpoint(config.checkpoint)
   stopper = early_stopping.EarlyStopping(config.early_stopping) if config.early_stopping.patience else None
   target = early_stopping.Target(config.early_stopping.target) if config.early_stopping.target else None

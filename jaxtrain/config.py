@@ -19,6 +19,8 @@ class ConfigError(ValueError):
   """A config, data set or workdir a run cannot start with; the CLI prints it as one `error:` line."""
 
 
+# logging.writers: the trackers (jaxtrain/callbacks/trackers.py) and the package each needs, by extra.
+TRACKERS = {'wandb': 'wandb', 'mlflow': 'mlflow'}
 # The doctor's groups of checks (diagnostics/doctor.py) and its optional comparisons.
 DOCTOR_CHECKS = ('data', 'init', 'training', 'learning_rate', 'baselines', 'curves')
 DOCTOR_COMPARISONS = ('', 'regularization', 'norm')
@@ -136,6 +138,13 @@ def defaults() -> ml_collections.ConfigDict:
   c.train.eval_every_steps = 0  # 0 = at the end of every epoch.
   c.train.log_every_steps = 50
   c.train.progress_bar = True  # Shown only when stdout is a terminal or a notebook.
+
+  # Experiment trackers besides metrics.jsonl and TensorBoard (jaxtrain/callbacks/trackers.py).
+  c.logging = ml_collections.ConfigDict()
+  c.logging.writers = ()  # 'wandb', 'mlflow' (extras of the same names).
+  c.logging.project = 'jaxtrain'  # W&B project, MLflow experiment.
+  c.logging.wandb_mode = 'online'  # online|offline (workdir/wandb/, `wandb sync` later)|disabled.
+  c.logging.mlflow_uri = ''  # A tracking URI (sqlite:///..., http://...); '' = sqlite:///<workdir>/mlflow.db.
   c.train.nonfinite = 'halt'  # A non-finite loss or gradient: 'halt' (exit 1) or 'skip' the update.
   c.train.max_consecutive_skips = 10  # 'skip' halts after this many non-finite steps in a row.
 
@@ -357,6 +366,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_range(config, ('checkpoint.mode', 'early_stopping.mode'), lambda m: m in ('min', 'max'),
                "choose 'min' or 'max'")
   _check_range(config, ('train.nonfinite',), lambda m: m in ('halt', 'skip'), "choose 'halt' or 'skip'")
+  _check_range(config, ('logging.wandb_mode',), lambda m: m in ('online', 'offline', 'disabled'),
+               "choose 'online', 'offline' or 'disabled'")
+  for name in config.logging.writers:
+    package = lookup(TRACKERS, 'logging.writers', name)
+    if importlib.util.find_spec(package) is None:
+      raise ConfigError(f"logging.writers names {name!r} but {package} is not installed; pip install "
+                        f"-e '.[{name}]'")
   if config.early_stopping.target:
     parse_target(config.early_stopping.target)
     if config.population.size > 1:
