@@ -8,7 +8,7 @@ import importlib
 
 __version__ = '0.1.0'
 
-# name -> the module that defines it ('data' is the subpackage itself).
+# name -> the module that defines it ('data' and 'weights' are the subpackages themselves).
 _EXPORTS = {
     'Callback': 'jaxtrain.engine',
     'ConfigError': 'jaxtrain.config',
@@ -27,6 +27,7 @@ _EXPORTS = {
     'lr_find': 'jaxtrain.diagnostics.lr_find',
     'predict': 'jaxtrain.serving',
     'sweep': 'jaxtrain.experiments.sweep',
+    'weights': 'jaxtrain.weights',
 }
 __all__ = sorted(_EXPORTS)
 
@@ -35,7 +36,7 @@ def __getattr__(name: str):
   if name not in _EXPORTS:
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
   module = importlib.import_module(_EXPORTS[name])
-  value = module if name == 'data' else getattr(module, name)
+  value = module if name in ('data', 'weights') else getattr(module, name)
   globals()[name] = value
   return value
 

@@ -17,7 +17,7 @@ import time
 import jax
 import ml_collections
 
-from jaxtrain import build, checkpoint, data, engine, evaluation, history, parallel
+from jaxtrain import build, checkpoint, data, engine, evaluation, history, parallel, weights
 from jaxtrain import config as config_lib
 from jaxtrain import state as state_lib
 from jaxtrain.callbacks import (
@@ -174,15 +174,20 @@ def _train(exp: build.Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkp
 def _initial_state(exp: build.Experiment):
   """A fresh state; with `init_from`, its parameters and BatchNorm statistics where path and shape match."""
   state = exp.new_state()
-  if not exp.config.init_from:
+  init_from = exp.config.init_from
+  if not init_from:
     return state
-  source_config = transfer.source_config(exp.config.init_from)
-  source = build.read_only(checkpoint.checkpoint_dir(exp.config.init_from), source_config)
+  if weights.is_weight_file(init_from):
+    fresh = {'params': state.params, 'batch_stats': state.batch_stats}
+    return transfer.initialize(state, weights.initial_variables(init_from, fresh), init_from)
+  source_config = transfer.source_config(init_from)
+  source = build.read_only(checkpoint.checkpoint_dir(init_from), source_config)
   restored = source.restore(jax.eval_shape(build.prepare(source_config, None).new_state))
   source.close()
   if restored is None:
-    raise config_lib.ConfigError(f'no readable checkpoint in init_from={exp.config.init_from!r}')
-  return transfer.initialize(state, restored.state, exp.config.init_from)
+    raise config_lib.ConfigError(f'no readable checkpoint in init_from={init_from!r}')
+  source_variables = {'params': restored.state.params, 'batch_stats': restored.state.batch_stats}
+  return transfer.initialize(state, source_variables, init_from)
 
 
 def evaluate(config: ml_collections.ConfigDict | None, workdir: str | pathlib.Path, *, model=None, data=None,

@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxtrain import checkpoint, compile_cache, data, models, optim, parallel, registry, steps, tasks
+from jaxtrain import checkpoint, compile_cache, data, models, optim, parallel, registry, steps, tasks, weights
 from jaxtrain import config as config_lib
 from jaxtrain import model as model_lib
 from jaxtrain import state as state_lib
@@ -325,7 +325,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path | None, *, 
   if config.optim.freeze or config.optim.lr_multipliers:
     log.info('Optimizer rules per parameter:\n%s',
              optim.rules_table(optim.parameter_rules(config.optim, abstract_state.params)))
-  if config.init_from:
+  if config.init_from and weights.is_weight_file(config.init_from):
+    weights.check_init_from(config, {'params': abstract_state.params,
+                                     'batch_stats': abstract_state.batch_stats})
+  elif config.init_from:
     transfer.source_config(config.init_from)
   if workdir:
     misfit = None

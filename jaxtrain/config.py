@@ -159,7 +159,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.checkpoint.snapshots = False  # sgdr: also keep the state at each cycle's end in snapshots/ (ensembles).
 
   # Transfer learning: a fresh run starts from another run's parameters and BatchNorm statistics (matched by
-  # path and shape; the rest keeps its initialization). A workdir or checkpoint folder; '' = off.
+  # path and shape; the rest keeps its initialization). A workdir or checkpoint folder, a .safetensors file of
+  # variables (--mode export's), or torchvision's weights: 'torchvision:<resnet18|resnet34|resnet50|
+  # vit_b_16>:<file.pth or .safetensors>' (jaxtrain/weights/). '' = off.
   c.init_from = ''
 
   c.early_stopping = ml_collections.ConfigDict()

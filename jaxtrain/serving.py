@@ -7,7 +7,8 @@ padded batches of `data.eval_batch_size`, so every call has one compiled shape, 
 `export` writes export/model.bin, the bytes of `jax.export.Exported.serialize()` of a function from the
 raw inputs to the outputs with the weights and the normalization inside and the batch dimension symbolic,
 and export/meta.json (inputs' shapes and dtypes, normalization, config). Any JAX program reloads it with
-`jax.export.deserialize(bytes).call(*inputs)`, with no jaxtrain import.
+`jax.export.deserialize(bytes).call(*inputs)`, with no jaxtrain import. export/variables.safetensors holds
+the weights themselves ('params/...', 'batch_stats/...'), for PyTorch, Hugging Face or init_from.
 """
 
 import functools
@@ -20,13 +21,14 @@ import ml_collections
 import numpy as np
 from jax import export as jax_export
 
-from jaxtrain import build, data
+from jaxtrain import build, data, weights
 from jaxtrain.config import ConfigError
 from jaxtrain.state import variables
 
 EXPORT_DIR = 'export'
 MODEL_FILE = 'model.bin'
 META_FILE = 'meta.json'
+VARIABLES_FILE = 'variables.safetensors'
 PREDICTIONS_FILE = 'predictions.npy'
 
 
@@ -111,9 +113,9 @@ def export(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pa
         values = (values.astype(jnp.float32) - jnp.asarray(moments['mean'], jnp.float32)) / jnp.asarray(
             moments['std'], jnp.float32)
       batch[key] = values
-    params = state.ema if use_ema else state.params
-    return model.apply(variables(state.replace(params=params)), batch, train=False)
+    return model.apply(served, batch, train=False)
 
+  served = variables(state.replace(params=state.ema if use_ema else state.params))
   raw_example = {key: data.gather(exp.splits.train, np.arange(1))[key] for key in keys}
   batch_dim = jax_export.symbolic_shape('batch')[0]
   specs = [jax.ShapeDtypeStruct((batch_dim, *raw_example[key].shape[1:]), raw_example[key].dtype)
@@ -122,6 +124,7 @@ def export(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pa
   folder = workdir / EXPORT_DIR
   folder.mkdir(exist_ok=True)
   (folder / MODEL_FILE).write_bytes(exported.serialize())
+  weights.save(served, folder / VARIABLES_FILE, metadata={'model': config.model.name})
   meta = {'inputs': [{'key': key, 'shape': ['batch', *raw_example[key].shape[1:]],
                       'dtype': str(raw_example[key].dtype)} for key in keys],
           'outputs': {'shape': ['batch', *map(int, exported.out_avals[0].shape[1:])],

@@ -16,7 +16,7 @@ PACKAGE = ROOT / 'jaxtrain'
 LAYERS = [
     ['config'],
     ['model', 'models', 'tasks', 'data', 'optim', 'state', 'parallel', 'checkpoint', 'compile_cache',
-     'monitor', 'perf', 'history', 'registry', 'diagnostics.stats', 'diagnostics.curves',
+     'monitor', 'perf', 'weights', 'history', 'registry', 'diagnostics.stats', 'diagnostics.curves',
      'diagnostics.training', 'diagnostics.plots', 'experiments.transfer'],
     ['steps'],
     ['build', 'evaluation', 'generation', 'serving', 'diagnostics.baselines', 'diagnostics.predictions',

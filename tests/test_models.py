@@ -127,7 +127,7 @@ def test_initializer_has_its_documented_statistics(spec):
   check(x)
 
 
-AUTO = {'relu': 'he', 'leaky_relu': 'he', 'elu': 'he', 'prelu': 'he', 'gelu': 'he',
+AUTO = {'relu': 'he', 'leaky_relu': 'he', 'elu': 'he', 'prelu': 'he', 'gelu': 'he', 'gelu_exact': 'he',
         'selu': 'lecun', 'tanh': 'glorot', 'sigmoid': 'glorot'}
 AUTO_STD = {'he': math.sqrt(2 / FAN_IN), 'lecun': math.sqrt(1 / FAN_IN),
             'glorot': math.sqrt(2 / (FAN_IN + FAN_OUT))}

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 from conftest import CONFIGS, ROOT
@@ -54,7 +55,7 @@ def test_cli_predict_writes_predictions_npy(trained, tmp_path):
 
 
 def test_export_reloads_in_plain_jax_with_the_same_outputs(trained, tmp_path):
-  config, workdir, _, images, _, _ = trained
+  config, workdir, run, images, _, _ = trained
   result = cli(trained, '--mode=export')
   assert result.returncode == 0, result.stderr
   np.save(tmp_path / 'inputs.npy', images[:9])
@@ -72,6 +73,9 @@ def test_export_reloads_in_plain_jax_with_the_same_outputs(trained, tmp_path):
   assert reloaded.returncode == 0, reloaded.stderr
   np.testing.assert_allclose(np.load(tmp_path / 'outputs.npy'), jaxtrain.predict(config, workdir, images[:9]),
                              rtol=1e-5, atol=1e-5)
+  # The weights themselves, as safetensors: the run's parameters, bit for bit.
+  exported = jaxtrain.weights.load(workdir / 'export' / serving.VARIABLES_FILE)
+  jax.tree.map(np.testing.assert_array_equal, exported['params'], jax.device_get(run.state.params))
 
 
 def test_wrong_inputs_are_one_line_errors(trained, tmp_path):

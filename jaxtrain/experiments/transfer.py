@@ -105,11 +105,11 @@ def merge(target: dict, source: dict) -> tuple[dict, list[tuple[str, str, str]]]
   return merged, report
 
 
-def initialize(state, source_state, path: str):
-  """`state` (fresh) with the matching parameters and BatchNorm statistics of `source_state`; logs the
-  table of what was loaded and skipped. The moving average, when kept, restarts from the loaded weights."""
-  merged, report = merge({'params': state.params, 'batch_stats': state.batch_stats},
-                         {'params': source_state.params, 'batch_stats': source_state.batch_stats})
+def initialize(state, source: dict, path: str):
+  """`state` (fresh) with the matching parameters and BatchNorm statistics of `source` ({'params',
+  'batch_stats'}); logs the table of what was loaded and skipped. The moving average, when kept, restarts
+  from the loaded weights."""
+  merged, report = merge({'params': state.params, 'batch_stats': state.batch_stats}, source)
   width = max(len(p) for p, _, _ in report)
   counts = {what: sum(w == what for _, w, _ in report) for what in ('loaded', 'skipped', 'new', 'unused')}
   log.info('init_from %s: %s\n%s', path, ', '.join(f'{n} {what}' for what, n in counts.items()),

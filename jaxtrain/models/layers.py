@@ -22,14 +22,15 @@ ACTIVATIONS = {
     'leaky_relu': nn.leaky_relu,
     'elu': nn.elu,
     'selu': nn.selu,
-    'gelu': nn.gelu,
+    'gelu': nn.gelu,  # Flax's default, the tanh approximation.
+    'gelu_exact': functools.partial(nn.gelu, approximate=False),  # The erf form: PyTorch's nn.GELU().
     'prelu': None,  # Has a learned slope: built as the nn.PReLU module by `Activation`.
 }
 
 # 'auto' follows note 004: He for the ReLU family, LeCun for SELU, Glorot for tanh/sigmoid.
 AUTO_INIT = {
     'relu': 'he_normal', 'leaky_relu': 'he_normal', 'elu': 'he_normal', 'prelu': 'he_normal',
-    'gelu': 'he_normal', 'selu': 'lecun_normal', 'tanh': 'glorot_uniform',
+    'gelu': 'he_normal', 'gelu_exact': 'he_normal', 'selu': 'lecun_normal', 'tanh': 'glorot_uniform',
     'sigmoid': 'glorot_uniform',
 }
 
