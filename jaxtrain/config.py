@@ -190,7 +190,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.sweep.sampler = 'random'  # grid|random|tpe.
   c.sweep.pruner = 'none'  # none|median|successive_halving, on each evaluation of `metric`.
   c.sweep.startup_trials = 2  # median: trials run to the end before any is pruned.
-  c.sweep.storage = ''  # An Optuna storage URL shared by processes; '' = sqlite:///<workdir>/sweep.db.
+  # An Optuna storage URL shared by processes, e.g. postgresql+psycopg2://user:pw@host/db (pip install -e
+  # '.[postgres]'); '' = sqlite:///<workdir>/sweep.db.
+  c.sweep.storage = ''
   c.sweep.study_name = 'sweep'
 
   # Populations (jaxtrain/experiments/population.py): population.size members trained at once, vmapped.

@@ -1,5 +1,6 @@
 """Shared fixtures: a per-worker TFDS folder and small digits configs that train in seconds."""
 
+import os
 import pathlib
 
 import pytest
@@ -30,3 +31,12 @@ def make_config(data_dir):
     return jaxtrain.load_config(CONFIGS / f'{name}.py', {**base, **overrides})
 
   return make
+
+
+def real_component_unavailable(component: str, reason: str):
+  """Skips a test of a real component (SLURM, PostgreSQL) that this machine cannot start, with the reason;
+  under CI=true it fails instead, so CI, which installs them, always exercises them."""
+  message = f'{component} cannot be started here: {reason}'
+  if os.environ.get('CI', '').lower() == 'true':
+    pytest.fail(f'{message} (CI=true: real components must run in CI; .ci/run installs them)')
+  pytest.skip(message)
