@@ -153,6 +153,15 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def agreed_signal(signum: int | None) -> int | None:
+  """The signal any process has received (the largest number when several have), agreed on by all
+  processes through one collective; `signum` itself for one process."""
+  if jax.process_count() == 1:
+    return signum
+  agreed = int(np.max(multihost_utils.process_allgather(np.int32(signum or 0))))
+  return agreed or None
+
+
 def initialize_distributed() -> None:
   """Joins a multi-process run, before anything touches a device; does nothing for one process.
 

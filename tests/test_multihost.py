@@ -11,6 +11,7 @@ import time
 from conftest import CONFIGS, ROOT
 
 import jaxtrain
+from jaxtrain import history
 
 RUN = ['--config', str(CONFIGS / 'digits_cnn.py'), '--config.train.log_every_steps=1',
        '--config.train.progress_bar=False', '--config.model.dropout=0.2', '--config.optim.name=momentum',
@@ -27,40 +28,66 @@ def launch_script(workdir, data_dir, *extra) -> subprocess.CompletedProcess:
   return subprocess.run([str(ROOT / 'launch' / 'multiprocess_cpu.sh'), '2', '4', *RUN, *extra,
                          f'--workdir={workdir}', f'--config.data.data_dir={data_dir}'],
                         cwd=ROOT, capture_output=True, text=True, timeout=300,
-                        env={**os.environ, 'JAXTRAIN_PORT': str(free_port())})
+                        env={**os.environ, 'JAXTRAIN_PORT': str(free_port()), 'PYTHON': sys.executable})
 
 
 def train_losses(workdir) -> dict[int, float]:
-  return {r['step']: r['train/loss'] for r in jaxtrain.history.read_metrics(workdir) if 'train/loss' in r}
+  return {r['step']: r['train/loss'] for r in history.read_metrics(workdir) if 'train/loss' in r}
 
 
-def test_two_processes_train_like_one_and_resume(make_config, data_dir, tmp_path):
-  workdir = tmp_path / 'mp'
-  result = launch_script(workdir, data_dir, '--config.train.num_steps=20')
-  assert result.returncode == 0, result.stderr
+def start_processes(workdir, data_dir, *extra, output=subprocess.DEVNULL) -> list[subprocess.Popen]:
+  """Two processes of 4 CPU devices each, started directly, so a test can signal either."""
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4',
+         'JAXTRAIN_COORDINATOR': f'127.0.0.1:{free_port()}', 'JAXTRAIN_NUM_PROCESSES': '2',
+         'JAXTRAIN_HEARTBEAT_TIMEOUT': '10'}
+  return [subprocess.Popen(
+      [sys.executable, '-m', 'jaxtrain.main', *RUN, *extra, f'--workdir={workdir}',
+       f'--config.data.data_dir={data_dir}'],
+      cwd=ROOT, env={**env, 'JAXTRAIN_PROCESS_ID': str(i)}, stdout=output, stderr=output, text=True)
+      for i in range(2)]
+
+
+def test_two_processes_train_like_one_and_a_signal_to_one_stops_both_and_resumes(make_config, data_dir,
+                                                                                 tmp_path):
+  straight = launch_script(tmp_path / 'straight', data_dir, '--config.train.num_steps=20')
+  assert straight.returncode == 0, straight.stderr
   config = make_config(**{'train.num_steps': 20, 'train.log_every_steps': 1, 'model.dropout': 0.2,
                           'optim.name': 'momentum', 'optim.lr': 0.05})
   single = train_losses(jaxtrain.fit(config, tmp_path / 'single').workdir)
-  multi = train_losses(workdir)
+  multi = train_losses(tmp_path / 'straight')
   assert sorted(multi) == list(range(1, 21))
   for step, loss in single.items():
     assert abs(multi[step] - loss) <= 1e-5 * max(1.0, loss)
 
-  resumed = launch_script(workdir, data_dir, '--config.train.num_steps=30')
+  # SIGTERM to the second process only: the processes agree on it at the next log step (every step here),
+  # both stop there and save one checkpoint, and both exit 128 + SIGTERM.
+  workdir = tmp_path / 'preempted'
+  processes = start_processes(workdir, data_dir, '--config.train.num_steps=20', output=subprocess.PIPE)
+  try:
+    deadline = time.time() + 180
+    while not train_losses(workdir) and time.time() < deadline:
+      time.sleep(0.02)
+    processes[1].send_signal(signal.SIGTERM)
+    outputs = [p.communicate(timeout=120)[1] for p in processes]
+  finally:
+    for process in processes:
+      process.kill()
+  assert [p.returncode for p in processes] == [128 + signal.SIGTERM] * 2, outputs
+  stopped = {int(line.split(' at step ')[1].split(';')[0]) for out in outputs for line in out.splitlines()
+             if 'stopped by SIGTERM at step' in line}
+  assert len(stopped) == 1 and next(iter(stopped)) < 20  # The same step in both.
+  step = next(iter(stopped))
+  saved = [p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()]
+  assert str(step) in saved and all(int(name) <= step for name in saved)
+  resumed = launch_script(workdir, data_dir, '--config.train.num_steps=20')
   assert resumed.returncode == 0, resumed.stderr
-  assert json.loads((workdir / 'summary.json').read_text())['steps'] == 30
-  assert sorted(train_losses(workdir)) == list(range(1, 31))  # Continued from step 20, nothing twice.
+  assert f'Resuming from step {step}' in resumed.stderr
+  assert json.loads((workdir / 'summary.json').read_text())['steps'] == 20
+  assert train_losses(workdir) == multi  # Every step once, bit for bit the uninterrupted run's.
 
 
 def test_killing_one_process_ends_the_other_within_60_s(data_dir, tmp_path):
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4',
-         'JAXTRAIN_COORDINATOR': f'127.0.0.1:{free_port()}', 'JAXTRAIN_NUM_PROCESSES': '2',
-         'JAXTRAIN_HEARTBEAT_TIMEOUT': '10'}
-  processes = [subprocess.Popen(
-      [sys.executable, '-m', 'jaxtrain.main', *RUN, '--config.train.num_steps=100000',
-       f'--workdir={tmp_path / "run"}', f'--config.data.data_dir={data_dir}'],
-      cwd=ROOT, env={**env, 'JAXTRAIN_PROCESS_ID': str(i)}, stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL) for i in range(2)]
+  processes = start_processes(tmp_path / 'run', data_dir, '--config.train.num_steps=100000')
   try:
     deadline = time.time() + 180
     while not train_losses(tmp_path / 'run') and time.time() < deadline:
