@@ -220,6 +220,22 @@ class Preempted(Exception):  # noqa: N818 - not an error: the run stopped on req
                      f'{workdir}; run the same command again to resume')
 
 
+_STARTUP_SIGNALS: list[int] = []  # SIGTERMs that came before the loop listened (`keep_startup_sigterm`).
+
+
+def keep_startup_sigterm() -> None:
+  """From now on, a SIGTERM that arrives before training starts is kept for the loop, which then stops
+  at its first step (with several processes, at the first log step) and saves. The CLI's train mode calls
+  it first: a cluster may signal a job while it imports and compiles, and dying then would save nothing,
+  so a requeued job signalled early again would never get further."""
+  def keep(signum, frame):
+    _STARTUP_SIGNALS.append(signum)
+    print(f'\n{signal.Signals(signum).name} received while starting: the run stops and saves at its first '
+          'step', file=sys.stderr, flush=True)
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, keep)
+
+
 class StopRequests:
   """Turns SIGTERM and SIGINT into a request the loop checks after each step (cluster preemption, Ctrl-C).
 
@@ -240,6 +256,8 @@ class StopRequests:
           '(Ctrl-C again aborts at once)', file=sys.stderr, flush=True)
 
   def __enter__(self) -> 'StopRequests':
+    if _STARTUP_SIGNALS:
+      self.signum = _STARTUP_SIGNALS.pop()
     if threading.current_thread() is threading.main_thread():
       for signum in (signal.SIGTERM, signal.SIGINT):
         self._previous[signum] = signal.signal(signum, self._handle)

@@ -81,6 +81,8 @@ def _flag_error(message: str) -> str:
 
 
 def main(argv: list[str]) -> None:
+  if _MODE.value == 'train':
+    checkpoint.keep_startup_sigterm()
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and TFDS log every file they touch.
   logging.getLogger('jaxtrain').setLevel(logging.INFO)
   if len(argv) > 1:
