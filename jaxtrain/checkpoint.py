@@ -7,6 +7,7 @@ jaxtrain). Saves are asynchronous: `save` returns once the arrays are copied off
 on while the files are written.
 """
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import logging
@@ -18,6 +19,7 @@ import time
 
 import jax
 import orbax.checkpoint as ocp
+import packaging.version
 from orbax.checkpoint import checkpoint_managers
 
 from jaxtrain.config import ConfigError
@@ -44,6 +46,10 @@ DAMAGED_DIR = 'damaged_checkpoints'  # Where unreadable steps are moved (not del
 
 class IncompatibleCheckpoint(ConfigError):
   """A checkpoint whose arrays do not fit the configured model or optimizer."""
+
+
+class SaveFailed(RuntimeError):
+  """A checkpoint could not be written (a full disk, a lost mount); the steps saved before it stay."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,13 +127,32 @@ class Checkpointer:
     if step in self._manager.all_steps():
       return False
     # force: the loop decides when to save; orbax's own interval and in-progress checks must not skip it.
-    return self._manager.save(step, metrics=metrics, force=True, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-        meta=ocp.args.JsonSave({**meta, 'jaxtrain_version': version()})))
+    with self._writing():
+      return self._manager.save(step, metrics=metrics, force=True, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+          meta=ocp.args.JsonSave({**meta, 'jaxtrain_version': version()})))
 
   def wait(self) -> None:
     """Blocks until every started save is committed."""
-    self._manager.wait_until_finished()
+    with self._writing():
+      self._manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _writing(self):
+    """An async save's failure surfaces at the next save or wait, as whatever orbax and TensorStore raise
+    (a ValueError 'RESOURCE_EXHAUSTED ... No space left on device' for a full disk): a SaveFailed saying
+    what failed and what was kept. The half-written step stays in its tmp folder, which the next start
+    removes."""
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 - every write failure, whichever layer raised it.
+      text = str(e)
+      full = 'No space left on device' in text or "os_error_code='28'" in text
+      cause = 'no space left on device' if full else (text.strip().splitlines() or [type(e).__name__])[-1]
+      kept = ', '.join(map(str, self.steps())) or 'none'
+      raise SaveFailed(f'writing a checkpoint in {self.directory} failed: {cause[:300]}; the steps saved '
+                       f'before are kept ({kept}): free space or choose another --workdir, then run the '
+                       'same command again to resume') from None
 
   def restore(self, abstract_state, step: int | None = None) -> Restored | None:
     """`step` (default: the newest step that can be read) in the structure and shardings of
@@ -173,7 +198,24 @@ class Checkpointer:
         self._damaged(step, e)
       return None
 
+  def _check_version(self, step: int) -> None:
+    """A step written by a newer jaxtrain may hold what this one cannot read right (new state fields, a
+    changed data position): refused, naming both versions, rather than resumed half-understood."""
+    try:
+      meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    except Exception:  # noqa: BLE001 - an unreadable step is reported as damaged where its state is read.
+      return
+    try:
+      written, running = (packaging.version.Version(v) for v in (meta.get('jaxtrain_version'), version()))
+    except (packaging.version.InvalidVersion, TypeError):  # 'unknown' (not installed) on either side.
+      return
+    if written > running:
+      raise IncompatibleCheckpoint(
+          f'checkpoint step {step} in {self.directory} was written by jaxtrain {written}, newer than this '
+          f'jaxtrain {running}; upgrade jaxtrain (pip install -U jaxtrain) or use another --workdir')
+
   def _check_fits(self, step: int, abstract_state) -> None:
+    self._check_version(step)
     mismatch = _mismatch(self._manager.item_metadata(step)['state'].tree, abstract_state)
     if mismatch:
       raise IncompatibleCheckpoint(
@@ -194,7 +236,7 @@ class Checkpointer:
                 step, self.directory, reason, moved)
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    self.wait()
     self._manager.close()
 
 

@@ -6,10 +6,12 @@ the wrong type. `validate` then checks ranges and combinations; names of optimiz
 by the registry that owns them (`lookup`), so the list of allowed names is written once.
 """
 
+import contextlib
 import difflib
 import importlib.util
 import pathlib
 import re
+import traceback
 from collections.abc import Collection, Mapping
 
 import ml_collections
@@ -323,12 +325,30 @@ def load_config(path: str | pathlib.Path, overrides: Mapping[str, object] | None
     raise ConfigError(f'config file {str(path)!r} does not exist; try configs/digits_cnn.py')
   spec = importlib.util.spec_from_file_location(f'jaxtrain_config_{path.stem}', path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, 'get_config'):
-    raise ConfigError(f'config file {str(path)!r} defines no get_config()')
-  config = module.get_config()
+  with _config_file_errors(path):
+    spec.loader.exec_module(module)
+    if not hasattr(module, 'get_config'):
+      raise ConfigError(f'config file {str(path)!r} defines no get_config()')
+    config = module.get_config()
   override(config, overrides or {})
   return config
+
+
+@contextlib.contextmanager
+def _config_file_errors(path: pathlib.Path):
+  """A config file is code: whatever it raises (a typo, a missing import) becomes a ConfigError naming the
+  file, the line and the exception, instead of a traceback through jaxtrain."""
+  try:
+    yield
+  except ConfigError:
+    raise
+  except Exception as e:  # noqa: BLE001 - anything a user's file can raise.
+    lines = [frame.lineno for frame in traceback.extract_tb(e.__traceback__)
+             if pathlib.Path(frame.filename).resolve() == path.resolve()]
+    line = getattr(e, 'lineno', None) if isinstance(e, SyntaxError) else (lines[-1] if lines else None)
+    where = f' at line {line}' if line else ''
+    raise ConfigError(f'config file {str(path)!r} raised {type(e).__name__}{where}: {e}; fix the '
+                      'file') from None
 
 
 def _check_range(config, keys: tuple[str, ...], ok, allowed: str) -> None:

@@ -83,6 +83,9 @@ def _flag_error(message: str) -> str:
 def main(argv: list[str]) -> None:
   if _MODE.value == 'train':
     checkpoint.keep_startup_sigterm()
+  # Orbax logs the traceback of each of its save threads that fails; the failure reaches this thread too,
+  # where it becomes one error line (checkpoint.SaveFailed), so its own copies are left out.
+  absl_logging.get_absl_logger().addFilter(lambda record: '/orbax/' not in record.pathname)
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and TFDS log every file they touch.
   logging.getLogger('jaxtrain').setLevel(logging.INFO)
   if len(argv) > 1:
@@ -125,6 +128,14 @@ def main(argv: list[str]) -> None:
   except NonFiniteError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
+  except checkpoint.SaveFailed as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  except OSError as e:  # A workdir or data folder that cannot be read or written (permissions, read-only).
+    if e.filename is None:
+      raise
+    _fail(f'{e.strerror}: {e.filename}; check its permissions and free space, or choose another --workdir '
+          'or data.data_dir')
   except checkpoint.Preempted as e:
     print(f'{e}.', file=sys.stderr)
     sys.exit(128 + e.signum)  # The shell's code for "ended by this signal": `train && next` stops here.
