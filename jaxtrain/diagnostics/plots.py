@@ -3,13 +3,13 @@ sees it, the worst examples, the confusion matrix and the prediction dynamics.""
 
 import pathlib
 
-import matplotlib.figure
 import numpy as np
 
 
 def _axes(figsize: tuple[float, float]):
   """(figure, axes) outside pyplot: saved to a file, it needs no backend, and pyplot's (a notebook's inline
   one) is left alone."""
+  import matplotlib.figure  # noqa: PLC0415 - ~0.5 s to import; the CLI's start-up needs no figure.
   fig = matplotlib.figure.Figure(figsize=figsize)
   return fig, fig.subplots()
 

@@ -357,7 +357,9 @@ def _wait_for_running(study, optuna, poll_s: float = 2.0) -> None:
   running = optuna.trial.TrialState.RUNNING
   announced = False
   while True:
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():  # Experimental in Optuna's eyes; the heartbeat's own recovery.
+      warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+      optuna.storages.fail_stale_trials(study)
     others = [t.number for t in study.get_trials(deepcopy=False, states=(running,))]
     if not others:
       return
