@@ -5,33 +5,28 @@ normal run (`jaxtrain.fit`) in workdir/trials/<n>/, so any trial can be inspecte
 any run. With a pruner, each evaluation of `sweep.metric` is reported to Optuna and a trial that falls
 behind stops (`Pruned`). Processes that use the same storage URL and study name share one study, so a sweep
 is spread over machines by starting the same command several times:
-- the database decides how many trials start: counting the study's trials and creating the next one happen
-  under a lock (`_creation_lock`) held in the database itself for a server (PostgreSQL's advisory locks,
-  MySQL's GET_LOCK), and on the SQLite file's folder for SQLite, which is one machine's file anyway;
+- the database decides how many trials start (`study_storage.creation_lock`);
 - trial n draws its point from a sampler seeded with (seed, n), so processes that share a study draw
   different points (each trial has its own number) and a sweep run again draws the same ones;
-- every process writes sweep.csv from the database once no trial is running (a trial whose process died
-  is failed by Optuna's heartbeat after `HEARTBEAT_GRACE_S`).
+- every process writes sweep.csv from the database once no trial is running
+  (`study_storage.wait_for_running`).
 """
 
 import ast
-import contextlib
 import copy
 import csv
 import difflib
-import fcntl
 import json
 import logging
 import math
 import pathlib
 import re
-import time
-import warnings
 import zlib
 
 from jaxtrain import api, build, engine
 from jaxtrain import config as config_lib
 from jaxtrain.callbacks.nonfinite import NonFiniteError
+from jaxtrain.experiments import study_storage
 
 log = logging.getLogger('jaxtrain')
 
@@ -39,10 +34,7 @@ SPECS = {'uniform': 'uniform(low, high)', 'loguniform': 'loguniform(low, high) w
          'int': 'int(low, high), both included', 'choice': 'choice(a, b, ...)', 'grid': 'grid(a, b, ...)'}
 SAMPLERS = ('grid', 'random', 'tpe')
 PRUNERS = ('none', 'median', 'successive_halving')
-CSV_FILE, PLOT_FILE, LOCK_FILE = 'sweep.csv', 'plots/sweep.png', 'sweep.lock'
-HEARTBEAT_S, HEARTBEAT_GRACE_S = 20, 60  # A running trial's process proves it is alive this often.
-CONNECT_TIMEOUT_S = 10  # An unreachable database server is an error after this long, not a hang.
-STORAGE_EXAMPLE = 'postgresql+psycopg2://user:password@host:5432/database'
+CSV_FILE, PLOT_FILE = 'sweep.csv', 'plots/sweep.png'
 
 
 class Pruned(Exception):  # noqa: N818 - a decision, not an error.
@@ -155,129 +147,16 @@ def _sampler(config, space: dict, trial_number: int | None = None):
       config.sweep.sampler](seed=seed)
 
 
-def storage_url(config, workdir: pathlib.Path) -> str:
-  return config.sweep.storage or f'sqlite:///{(workdir / "sweep.db").absolute()}'
-
-
-def _shown(url: str) -> str:
-  """The URL without its password, for messages."""
-  import sqlalchemy  # noqa: PLC0415 - Optuna's own dependency, only needed by sweeps.
-  try:
-    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-  except sqlalchemy.exc.ArgumentError:
-    return url
-
-
-def _storage(url: str):
-  """Optuna's RDBStorage for `url`; a ConfigError naming the cause and the fix when it cannot connect."""
-  optuna = _optuna()
-  import sqlalchemy  # noqa: PLC0415
-  shown = _shown(url)
-  if url.startswith('sqlite'):  # Processes sharing the file wait for each other's writes, not fail.
-    engine = {'connect_args': {'timeout': 60}}
-  elif url.startswith('postgresql'):
-    engine = {'connect_args': {'connect_timeout': CONNECT_TIMEOUT_S}}
-  else:
-    engine = {}
-  heartbeat = {'heartbeat_interval': HEARTBEAT_S, 'grace_period': HEARTBEAT_GRACE_S}
-  for attempt in range(5):
-    try:
-      with warnings.catch_warnings():  # Optuna calls the heartbeat experimental; it is what we want here.
-        warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, **heartbeat)
-    except sqlalchemy.exc.NoSuchModuleError:
-      raise config_lib.ConfigError(f'sweep.storage={shown!r} names a database SQLAlchemy does not know; use '
-                                   f'e.g. {STORAGE_EXAMPLE} or sqlite:///path/sweep.db') from None
-    except sqlalchemy.exc.ArgumentError:
-      raise config_lib.ConfigError(f'sweep.storage={shown!r} is not a database URL; use e.g. '
-                                   f'{STORAGE_EXAMPLE} or sqlite:///path/sweep.db') from None
-    except ImportError:  # Optuna's wrapping of the driver's ModuleNotFoundError.
-      driver = sqlalchemy.engine.make_url(url).get_dialect().driver
-      raise config_lib.ConfigError(
-          f"sweep.storage={shown!r} needs the database driver {driver!r}, which is not installed; for "
-          f"PostgreSQL install jaxtrain's extra (pip install -e '.[postgres]') and write the URL as "
-          f'{STORAGE_EXAMPLE}') from None
-    except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
-      # Processes creating the schema of a new database at once: one loses (a duplicate table or type),
-      # then finds the schema there.
-      if attempt < 4:
-        time.sleep(1 + attempt)
-        continue
-      raise config_lib.ConfigError(f'sweep.storage={shown!r}: cannot create the study tables: '
-                                   f'{str(getattr(e, "orig", e)).strip().splitlines()[0]}') from None
-    except sqlalchemy.exc.OperationalError as e:
-      if url.startswith('sqlite') and attempt < 4:  # SQLite's form of the same race.
-        time.sleep(1 + attempt)
-        continue
-      cause = str(getattr(e, 'orig', e)).strip().splitlines()[0]
-      raise config_lib.ConfigError(f'sweep.storage={shown!r}: cannot use the database: {cause}; check the '
-                                   'host, port, user, password and database name in the URL') from None
-  raise AssertionError('unreachable')
-
-
 def _study(config, workdir: pathlib.Path, space: dict):
   optuna = _optuna()
   c = config.sweep
   pruner = {'none': optuna.pruners.NopPruner,
             'median': lambda: optuna.pruners.MedianPruner(n_startup_trials=c.startup_trials),
             'successive_halving': optuna.pruners.SuccessiveHalvingPruner}[c.pruner]()
-  return optuna.create_study(study_name=c.study_name, storage=_storage(storage_url(config, workdir)),
+  storage = study_storage.connect(study_storage.url(config, workdir))
+  return optuna.create_study(study_name=c.study_name, storage=storage,
                              sampler=_sampler(config, space), pruner=pruner,
                              direction='maximize' if c.mode == 'max' else 'minimize', load_if_exists=True)
-
-
-class _DatabaseLock:
-  """A lock every process on the database server sees: PostgreSQL's session advisory lock, or MySQL's
-  named lock, on a connection of its own, keyed by the study's name."""
-
-  def __init__(self, url: str, name: str):
-    import sqlalchemy  # noqa: PLC0415
-    self._sql = sqlalchemy.text
-    self._connection = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool).connect()
-    self._postgres = url.startswith('postgresql')
-    self._key = zlib.crc32(name.encode())
-
-  def acquire(self) -> None:
-    sql = 'SELECT pg_advisory_lock(:key)' if self._postgres else 'SELECT GET_LOCK(:key, -1)'
-    self._connection.execute(self._sql(sql), {'key': self._key if self._postgres else str(self._key)})
-
-  def release(self) -> None:
-    sql = 'SELECT pg_advisory_unlock(:key)' if self._postgres else 'SELECT RELEASE_LOCK(:key)'
-    self._connection.execute(self._sql(sql), {'key': self._key if self._postgres else str(self._key)})
-
-  def close(self) -> None:
-    self._connection.close()
-
-
-class _FileLock:
-  """For SQLite: an flock on a file beside the database, which every process on that machine sees."""
-
-  def __init__(self, path: pathlib.Path):
-    self._file = path.open('w')
-
-  def acquire(self) -> None:
-    fcntl.flock(self._file, fcntl.LOCK_EX)
-
-  def release(self) -> None:
-    fcntl.flock(self._file, fcntl.LOCK_UN)
-
-  def close(self) -> None:
-    self._file.close()
-
-
-@contextlib.contextmanager
-def _creation_lock(url: str, study_name: str, workdir: pathlib.Path):
-  """The lock under which a process counts the study's trials and creates the next one."""
-  if url.startswith('sqlite'):
-    database = pathlib.Path(url.removeprefix('sqlite:///'))
-    lock = _FileLock(database.with_name(database.name + '.lock') if database.parent.is_dir()
-                     else workdir / LOCK_FILE)
-  else:
-    lock = _DatabaseLock(url, study_name)
-  try:
-    yield lock
-  finally:
-    lock.close()
 
 
 class _ReportToPruner(engine.Callback):
@@ -329,8 +208,8 @@ def sweep(config, workdir: str | pathlib.Path, *, model=None, data=None, task=No
 
   # Counting the study's trials (running ones too) and creating the next one happen under the lock, which
   # the objective releases once its trial exists, so all processes together start exactly `total`.
-  url = storage_url(config, workdir)
-  with _creation_lock(url, config.sweep.study_name, workdir) as lock:
+  url = study_storage.url(config, workdir)
+  with study_storage.creation_lock(url, config.sweep.study_name, workdir) as lock:
     while True:
       lock.acquire()
       held = True
@@ -347,26 +226,8 @@ def sweep(config, workdir: str | pathlib.Path, *, model=None, data=None, task=No
       finally:
         if held:
           lock.release()
-  _wait_for_running(study, optuna)
+  study_storage.wait_for_running(study)
   return _report(study, space, metric, workdir)
-
-
-def _wait_for_running(study, optuna, poll_s: float = 2.0) -> None:
-  """Returns once no trial of the study runs (other processes' included), so sweep.csv is final; the
-  heartbeat fails the trials of processes that died."""
-  running = optuna.trial.TrialState.RUNNING
-  announced = False
-  while True:
-    with warnings.catch_warnings():  # Experimental in Optuna's eyes; the heartbeat's own recovery.
-      warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
-      optuna.storages.fail_stale_trials(study)
-    others = [t.number for t in study.get_trials(deepcopy=False, states=(running,))]
-    if not others:
-      return
-    if not announced:
-      log.info('Waiting for trials %s of other processes before writing %s', others, CSV_FILE)
-      announced = True
-    time.sleep(poll_s)
 
 
 def _report(study, space: dict, metric: str, workdir: pathlib.Path) -> dict:
