@@ -155,9 +155,7 @@ def barrier(name: str) -> None:
 
 def agreed_signal(signum: int | None) -> int | None:
   """The signal any process has received (the largest number when several have), agreed on by all
-  processes through one collective; `signum` itself for one process."""
-  if jax.process_count() == 1:
-    return signum
+  processes through one all-gather, which every process must call at the same step."""
   agreed = int(np.max(multihost_utils.process_allgather(np.int32(signum or 0))))
   return agreed or None
 
