@@ -3,6 +3,7 @@
 import os
 import pathlib
 
+import jax
 import pytest
 
 import jaxtrain
@@ -17,14 +18,28 @@ def data_dir(tmp_path_factory) -> str:
   return str(tmp_path_factory.mktemp('tfds'))
 
 
+@pytest.fixture(scope='session', autouse=True)
+def compile_cache(tmp_path_factory) -> pathlib.Path:
+  """JAX's persistent compilation cache, one folder per test worker, for every test in it. Most tests train
+  the same small models for a few steps, so most of their programs were compiled by an earlier test, and
+  loading one takes milliseconds where compiling it took up to seconds. Set on JAX itself, which the
+  configs' `compile_cache.enabled=False` leaves alone (tests/test_compile_cache.py tests jaxtrain's own
+  folder handling in fresh processes). JAX writes entries without a lock, so workers do not share one."""
+  path = tmp_path_factory.mktemp('jax_compile_cache')
+  jax.config.update('jax_compilation_cache_dir', str(path))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
+  return path
+
+
 @pytest.fixture
 def make_config(data_dir):
   """`make_config(name='digits_cnn', **{'optim.lr': 1e-3})`: a config with quiet, short defaults."""
 
   def make(name: str = 'digits_cnn', **overrides):
-    # The persistent compile cache stays off in-process: tests that count compilations must see them all
-    # (tests/test_compile_cache.py tests the cache in fresh processes). The end-of-run report (two more
-    # compiled functions and an eval pass per run) is tested where it is the subject.
+    # `compile_cache.enabled=False`: jaxtrain leaves JAX's cache as the `compile_cache` fixture set it. The
+    # end-of-run report (two more compiled functions and an eval pass per run) is tested where it is the
+    # subject.
     base = {'data.data_dir': data_dir, 'train.num_steps': 20, 'train.progress_bar': False,
             'train.log_every_steps': 10, 'train.eval_every_steps': 20, 'compile_cache.enabled': False,
             'diagnostics.report': False}
