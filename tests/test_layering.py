@@ -99,3 +99,29 @@ def test_importing_jaxtrain_leaves_matplotlib_alone():
                           cwd=ROOT, env={**os.environ, 'MPLBACKEND': 'svg'})
   assert result.returncode == 0, result.stderr
   assert result.stdout.split() == ['svg', 'False']
+
+
+def test_the_tensorboard_writer_does_not_import_pytorch(tmp_path):
+  """tensorboardX imports torch when it can find it (0.9 s); the writer keeps it from looking. A finder in
+  front of every other records each attempt to find torch (torch need not be installed for that)."""
+  script = f'''
+import sys
+looked = []
+class Recorder:
+  def find_spec(self, name, path=None, target=None):
+    if name.split('.')[0] == 'torch':
+      looked.append(name)
+    return None
+sys.meta_path.insert(0, Recorder())
+import pathlib
+from jaxtrain.callbacks import writers
+writer = writers.TensorBoardWriter(pathlib.Path({str(tmp_path)!r}))
+writer.write({{'step': 1, 'train/loss': 0.5}})
+writer.close()
+print(looked, 'torch' in sys.modules)
+'''
+  result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split() == ['[]', 'False']
+  assert list((tmp_path / 'tb').glob('events.out.tfevents.*'))

@@ -53,9 +53,7 @@ class TensorBoardWriter:
   resume (a point written twice is the same point at the same step)."""
 
   def __init__(self, workdir: pathlib.Path):
-    from tensorboardX import SummaryWriter  # noqa: PLC0415 - imports protobuf; only a run that writes needs it.
-
-    self._tb = SummaryWriter(str(workdir / 'tb'), flush_secs=1)
+    self._tb = _summary_writer_class()(str(workdir / 'tb'), flush_secs=1)
 
   def write(self, record: dict) -> None:
     for key, value in record.items():
@@ -64,6 +62,24 @@ class TensorBoardWriter:
 
   def close(self) -> None:
     self._tb.close()
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported where a run writes (it imports protobuf) and without PyTorch.
+
+  tensorboardX imports torch, when it is installed, only to accept torch tensors (writer.py, 0.9 s on a
+  2-core CPU); scalars need none of it. While tensorboardX is imported, an absent `torch` entry in
+  sys.modules reads as "not installed" (a None entry makes `import torch` raise ImportError, which it
+  catches); a torch the user already imported is left as it is."""
+  blocked = 'torch' not in sys.modules
+  if blocked:
+    sys.modules['torch'] = None
+  try:
+    from tensorboardX import SummaryWriter  # noqa: PLC0415 - see the docstring.
+  finally:
+    if blocked:
+      del sys.modules['torch']
+  return SummaryWriter
 
 
 class ProgressBar:
