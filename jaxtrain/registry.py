@@ -16,12 +16,9 @@ key (module not found, attribute missing, not a Module, a call that fails), so n
 import importlib
 import inspect
 
-import flax.linen as nn
-from flax import nnx
-
 from jaxtrain import models, tasks
 from jaxtrain.config import ConfigError
-from jaxtrain.model import Model, wrap
+from jaxtrain.model import Model, is_module, is_nnx_class, wrap
 
 OBJECT = '<object '  # How config.json records an object passed to fit(): '<object my_module.TinyNet>'.
 
@@ -86,16 +83,18 @@ def _takes(fn, name: str) -> bool:
 def user_module(config, path: str):
   """The module an import path names, built with `model.kwargs` (+ `rngs` for NNX classes)."""
   obj = import_object('model.name', path)
-  if isinstance(obj, (nn.Module, nnx.Module)):
+  if is_module(obj):
     return obj
   if not callable(obj):
     raise ConfigError(f'model.name={path!r} is of type {type(obj).__name__}, not a Flax Module class or a '
                       'function that returns one')
   kwargs = dict(config.model.kwargs)
-  if isinstance(obj, type) and issubclass(obj, nnx.Module) and _takes(obj.__init__, 'rngs'):
+  if is_nnx_class(obj) and _takes(obj.__init__, 'rngs'):
+    from flax import nnx  # noqa: PLC0415 - imported already by the module that defines `obj`.
+
     kwargs.setdefault('rngs', nnx.Rngs(config.seed))
   module = _call('model.name', path, obj, kwargs)
-  if not isinstance(module, (nn.Module, nnx.Module)):
+  if not is_module(module):
     raise ConfigError(f'model.name={path!r} gave an object of type {type(module).__name__}, not a '
                       'flax.linen.Module or flax.nnx.Module')
   return module

@@ -42,47 +42,50 @@ def trained(tmp_path_factory):
   return workdir, data_dir
 
 
-BAD = [
+# What the command line itself parses: a key, a value's type, the mode; and one error of each later kind
+# (a checkpoint that does not fit, a data set that is not there), to prove every kind reaches `error:`.
+CLI_BAD = [
     (['--config.optim.lrr=1'], "unknown config key 'optim.lrr'; did you mean 'optim.lr'"),
     (['--config.optim.lr=abc'], 'optim.lr'),
     (['--config.train.num_steps=1.5'], 'train.num_steps'),
     (['--config.optim.lr=-0.1'], 'optim.lr=-0.1 is out of range'),
-    (['--config.model.dropout=1.0'], 'model.dropout=1.0 is out of range'),
-    (['--config.data.batch_size=0'], 'data.batch_size=0 is out of range'),
-    (['--config.optim.name=adamax'], "optim.name='adamax' is not known; choose one of: adadelta"),
-    (['--config.optim.schedule=poly'], "optim.schedule='poly' is not known"),
-    (['--config.model.activation=swish'], "model.activation='swish' is not known"),
-    (['--config.model.kernel_init=he_foo'], "model.kernel_init='he_foo' is not known"),
-    (['--config.model.bias_init=normal(x)'], 'model.bias_init'),
-    (['--config.model.name=resnet'], "model.name='resnet' is not known; choose one of: cnn, gpt, mlp, "),
-    (['--config.data.name=imagenet'], "data.name='imagenet' is not known"),
-    (['--config.model.norm=group'], "model.norm='group' is not known"),
-    (['--config.train.num_steps=0', '--config.train.num_epochs=0'],
-     'neither train.num_epochs nor train.num_steps is set'),
-    (['--config.data.batch_size=100000'], 'data.batch_size=100000 is larger than'),
-    (['--config.data.validation_fraction=1.0'], 'data.validation_fraction'),
-    (['--config.parallel.strategy=tpu'], "parallel.strategy='tpu' is not known"),
-    (['--config.model.bias_init=he_normal'], "model.bias_init='he_normal' needs a weight matrix"),
-    (['--config.checkpoint.monitor=eval/acc'],
-     "checkpoint.monitor='eval/acc' is not a metric this run reports; "
-     'choose one of: eval/accuracy, eval/loss'),
     (['--config.model.features=(16,)'],
      'params/Block_0/BatchNorm_0/bias has shape (32,) in the checkpoint but (16,) in the config'),
-    (['--config.optim.name=sgd'],
-     'opt_state/0/count (shape ()) is in the checkpoint but not in the configured state'),
-    (['--config.model.activation=tanh'], 'holds a run with model.activation=\'relu\''),
-    (['--config.checkpoint.restore_from=/nonexistent'], "checkpoint.restore_from='/nonexistent' holds no"),
-    (['--config.train.nonfinite=ignore'], "choose 'halt' or 'skip'"),
-    (['--config.early_stopping.patience=2', '--config.checkpoint.keep_best=0'],
-     'checkpoint.keep_best=0 keeps none'),
-    (['--config.seed=1'], 'holds a run with seed=0'),
     (['--mode=dance'], "--mode='dance' is not known; choose one of: train, eval"),
     (['--config.data.name=mnist', '--config.data.data_dir=/nonexistent/tfds'],
      "data set 'mnist' is not prepared"),
 ]
 
+# The same checks run for `jaxtrain.fit` (build.prepare), so the rest is tested in-process: each would cost
+# a process start (3 s) on the command line, which the cases above already prove.
+FIT_BAD = [
+    ({'model.dropout': 1.0}, 'model.dropout=1.0 is out of range'),
+    ({'data.batch_size': 0}, 'data.batch_size=0 is out of range'),
+    ({'optim.name': 'adamax'}, "optim.name='adamax' is not known; choose one of: adadelta"),
+    ({'optim.schedule': 'poly'}, "optim.schedule='poly' is not known"),
+    ({'model.activation': 'swish'}, "model.activation='swish' is not known"),
+    ({'model.kernel_init': 'he_foo'}, "model.kernel_init='he_foo' is not known"),
+    ({'model.bias_init': 'normal(x)'}, 'model.bias_init'),
+    ({'model.name': 'resnet'}, "model.name='resnet' is not known; choose one of: cnn, gpt, mlp, "),
+    ({'data.name': 'imagenet'}, "data.name='imagenet' is not known"),
+    ({'model.norm': 'group'}, "model.norm='group' is not known"),
+    ({'train.num_steps': 0, 'train.num_epochs': 0}, 'neither train.num_epochs nor train.num_steps is set'),
+    ({'data.batch_size': 100000}, 'data.batch_size=100000 is larger than'),
+    ({'data.validation_fraction': 1.0}, 'data.validation_fraction'),
+    ({'parallel.strategy': 'tpu'}, "parallel.strategy='tpu' is not known"),
+    ({'model.bias_init': 'he_normal'}, "model.bias_init='he_normal' needs a weight matrix"),
+    ({'checkpoint.monitor': 'eval/acc'},
+     "checkpoint.monitor='eval/acc' is not a metric this run reports; choose one of: eval/accuracy, eval/loss"),
+    ({'optim.name': 'sgd'}, 'opt_state/0/count (shape ()) is in the checkpoint but not in the configured state'),
+    ({'model.activation': 'tanh'}, "holds a run with model.activation='relu'"),
+    ({'checkpoint.restore_from': '/nonexistent'}, "checkpoint.restore_from='/nonexistent' holds no"),
+    ({'train.nonfinite': 'ignore'}, "choose 'halt' or 'skip'"),
+    ({'early_stopping.patience': 2, 'checkpoint.keep_best': 0}, 'checkpoint.keep_best=0 keeps none'),
+    ({'seed': 1}, 'holds a run with seed=0'),
+]
 
-@pytest.mark.parametrize('args, message', BAD, ids=[' '.join(a) for a, _ in BAD])
+
+@pytest.mark.parametrize('args, message', CLI_BAD, ids=[' '.join(a) for a, _ in CLI_BAD])
 def test_bad_input_exits_2_with_one_error_line_and_damages_nothing(trained, args, message):
   workdir, data_dir = trained
   before = snapshot(workdir)
@@ -92,6 +95,18 @@ def test_bad_input_exits_2_with_one_error_line_and_damages_nothing(trained, args
   errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
   assert len(errors) == 1, result.stderr
   assert message in errors[0]
+  assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize('overrides, message', FIT_BAD, ids=[str(o) for o, _ in FIT_BAD])
+def test_bad_input_to_fit_is_one_config_error_and_damages_nothing(trained, overrides, message):
+  workdir, data_dir = trained
+  before = snapshot(workdir)
+  quick = {'train.progress_bar': False, 'train.log_every_steps': 5, 'data.data_dir': str(data_dir),
+           'compile_cache.enabled': False}  # As QUICK[1:] above; JAX's cache stays the tests' (conftest).
+  with pytest.raises(jaxtrain.ConfigError) as error:
+    jaxtrain.fit(jaxtrain.load_config(CONFIGS / 'digits_cnn.py', {**quick, **overrides}), workdir)
+  assert message in str(error.value) and '\n' not in str(error.value)
   assert snapshot(workdir) == before
 
 
