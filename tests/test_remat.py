@@ -24,7 +24,7 @@ def gradients(name: str, remat: str):
   cfg = config_lib.defaults().model
   cfg.update(name=name, remat=remat, **SMALL[name])
   model = model_lib.wrap(models.build(cfg, 10), ('tokens',) if name == 'gpt' else ('image',))
-  variables = model.init(jax.random.PRNGKey(0), BATCH)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), BATCH)  # Eager, each op would compile alone.
 
   def loss(params):  # Training mode: dropout and BatchNorm's batch statistics inside the checkpoint too.
     outputs, _ = model.apply({**variables, 'params': params}, BATCH, train=True,
