@@ -75,8 +75,10 @@ FIT_BAD = [
     ({'parallel.strategy': 'tpu'}, "parallel.strategy='tpu' is not known"),
     ({'model.bias_init': 'he_normal'}, "model.bias_init='he_normal' needs a weight matrix"),
     ({'checkpoint.monitor': 'eval/acc'},
-     "checkpoint.monitor='eval/acc' is not a metric this run reports; choose one of: eval/accuracy, eval/loss"),
-    ({'optim.name': 'sgd'}, 'opt_state/0/count (shape ()) is in the checkpoint but not in the configured state'),
+     "checkpoint.monitor='eval/acc' is not a metric this run reports; "
+     'choose one of: eval/accuracy, eval/loss'),
+    ({'optim.name': 'sgd'},
+     'opt_state/0/count (shape ()) is in the checkpoint but not in the configured state'),
     ({'model.activation': 'tanh'}, "holds a run with model.activation='relu'"),
     ({'checkpoint.restore_from': '/nonexistent'}, "checkpoint.restore_from='/nonexistent' holds no"),
     ({'train.nonfinite': 'ignore'}, "choose 'halt' or 'skip'"),
