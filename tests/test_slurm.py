@@ -4,8 +4,9 @@ process ids it started.
 
 The job runs 2 tasks of 2 CPU devices. Once it trains, the test sends SIGTERM to its batch shell, as SLURM
 does before a time limit (`--signal=B:TERM@N`) or for a preempting job; the script's trap passes it to the
-tasks, which save and exit 143, and the script requeues the job. The test then skips SLURM's two-minute
-requeue delay (scontrol update) and checks that the job resumed and completed with every logged step once.
+tasks, which save and exit 143, and the script requeues the job. The test then shortens SLURM's two-minute
+requeue delay to 5 s (scontrol update) and checks that the job resumed and completed with every logged step
+once.
 Without the binaries or root, the test is skipped with the reason; under CI=true it fails instead.
 """
 
@@ -147,8 +148,10 @@ def test_a_signalled_job_saves_requeues_itself_and_resumes(slurm_env, make_confi
       subprocess.run(['scancel', '--signal=TERM', '--batch', job], env=env, check=True)
       signalled = True
     if state.get('JobState') == 'PENDING' and int(state.get('Restarts', 0)) >= 1 and not sped_up:
-      # Requeued: start it now rather than after SLURM's 2-minute delay.
-      subprocess.run(['scontrol', 'update', f'JobId={job}', 'StartTime=now'], env=env, check=True)
+      # Requeued: start it soon rather than after SLURM's 2-minute delay, but not at once. slurmd revokes
+      # the credential of the run it stopped, to the second, and refuses a new run of the same job id whose
+      # credential is of that same second ("Job credential revoked"): the job would end FAILED.
+      subprocess.run(['scontrol', 'update', f'JobId={job}', 'StartTime=now+5'], env=env, check=True)
       sped_up = True
     if state.get('JobState') == 'COMPLETED':
       break
