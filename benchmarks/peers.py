@@ -137,15 +137,16 @@ def prepare_digits(tmp: pathlib.Path) -> tuple[pathlib.Path, dict]:
                               'digits_test_examples': len(arrays['y_test'])}
 
 
-def timed(command: list[str], env: dict) -> tuple[float, str]:
-  """(seconds from start to exit, stdout) of one process; its stderr's tail if it fails."""
+def timed(command: list[str], env: dict) -> tuple[float, subprocess.CompletedProcess]:
+  """(seconds from start to exit, the finished process with its output) of one process, run from the
+  checkout; its stderr's tail and an error if it fails. Also times benchmarks/run.py's default job."""
   started = time.perf_counter()
   result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
   wall = time.perf_counter() - started
   if result.returncode:
     sys.stderr.write(result.stderr[-4000:])
     raise RuntimeError(f'{" ".join(command)} failed with exit status {result.returncode}')
-  return wall, result.stdout
+  return wall, result
 
 
 def jaxtrain_cli(tmp: pathlib.Path, cache: pathlib.Path, name: str) -> dict:
@@ -163,8 +164,9 @@ def jaxtrain_cli(tmp: pathlib.Path, cache: pathlib.Path, name: str) -> dict:
 def peer_script(tmp: pathlib.Path, script: str, args: list[str], name: str, env: dict) -> dict:
   path = tmp / f'{name.split("_")[0]}_digits.py'
   path.write_text(script)
-  wall, out = timed([sys.executable, str(path), *args], env)
-  return {f'{name}_wall_s': wall, f'{name}_test_accuracy': json.loads(out.splitlines()[-1])['test_accuracy']}
+  wall, result = timed([sys.executable, str(path), *args], env)
+  accuracy = json.loads(result.stdout.splitlines()[-1])['test_accuracy']
+  return {f'{name}_wall_s': wall, f'{name}_test_accuracy': accuracy}
 
 
 def digits_race(tmp: pathlib.Path, rounds: int, with_torch: bool, with_keras: bool) -> tuple[dict, dict]:

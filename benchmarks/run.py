@@ -48,6 +48,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+import peers  # noqa: E402
 import startup  # noqa: E402
 
 import jaxtrain  # noqa: E402
@@ -84,12 +85,7 @@ def default_job(tmp: pathlib.Path, quick: bool) -> dict:
   env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [str(ROOT),
                                                                   os.environ.get('PYTHONPATH')]))}
   progress('default job: %s', ' '.join(command))
-  started = time.perf_counter()
-  result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-  wall = time.perf_counter() - started
-  if result.returncode:
-    sys.stderr.write(result.stderr[-4000:])
-    raise RuntimeError(f'the default job failed with exit status {result.returncode}')
+  wall, result = peers.timed(command, env)
   summary = json.loads((workdir / 'summary.json').read_text())
   first_step = re.search(r'First step \(compilation included\) took ([\d.]+)s', result.stderr)
   accuracy = summary['final']['test/accuracy']
