@@ -4,6 +4,7 @@ metrics.jsonl (appended, never rewritten), TensorBoard and the progress bar as i
 
 import importlib.util
 import json
+import logging
 import math
 import pathlib
 import sys
@@ -12,6 +13,8 @@ import tqdm
 
 from jaxtrain.engine import Callback
 from jaxtrain.history import METRICS_FILE
+
+log = logging.getLogger('jaxtrain')
 
 
 def _kind(record: dict) -> tuple:
@@ -53,6 +56,7 @@ class TensorBoardWriter:
   resume (a point written twice is the same point at the same step)."""
 
   def __init__(self, workdir: pathlib.Path):
+    self._workdir = workdir
     self._tb = _summary_writer_class()(str(workdir / 'tb'), flush_secs=1)
 
   def write(self, record: dict) -> None:
@@ -61,7 +65,12 @@ class TensorBoardWriter:
         self._tb.add_scalar(key, value, record['step'])
 
   def close(self) -> None:
-    self._tb.close()
+    # Runs on the way out of a failed run too (a full disk): an error here would replace the run's own.
+    # The events are a copy of metrics.jsonl, and a resumed run writes its unflushed points again.
+    try:
+      self._tb.close()
+    except OSError as e:
+      log.warning('TensorBoard events in %s/tb were not all written: %s', self._workdir, e)
 
 
 def _summary_writer_class():
