@@ -62,6 +62,9 @@ def plot_history(history: list[dict], path: pathlib.Path | None = None):
   import matplotlib.pyplot as plt  # noqa: PLC0415 - matplotlib costs ~0.5 s to import; only plots need it.
 
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+  # Fixed margins that fit the labels: `tight_layout` would draw the figure once more to measure them, which
+  # doubled the cost of the plot every run writes (0.3 s of a 1.5 s test run on a 2-core CPU).
+  fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.96, wspace=0.22)
   for ax, metric in zip(axes, ('loss', 'accuracy'), strict=True):
     for split in ('train', 'eval'):
       steps, values = _series(history, f'{split}/{metric}')
@@ -72,7 +75,6 @@ def plot_history(history: list[dict], path: pathlib.Path | None = None):
     ax.grid(alpha=0.3)
     ax.legend()
   axes[0].set_yscale('log')
-  fig.tight_layout()
   if path is not None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -63,7 +63,7 @@ def make_train_step(model, optimizer: optim.Optimizer, optim_config, nonfinite: 
   """The train step for `model`: augmentation, the task's loss (+ L1/L2 penalties), one optimizer update.
 
   `diagnose` (the model's activation name) makes the diagnostic variant of the step: its metrics also hold
-  `diag`, per-layer statistics (`diagnostics.stats.training_stats`). The loop runs it only every
+  `diag`, per-layer statistics as one vector (`diagnostics.stats.training_stats`). The loop runs it only every
   `diagnostics.every_steps`, so other steps pay nothing.
 
   With `optim.accumulate_steps=k` the batch is split into k micro-batches whose gradients are summed by a

@@ -20,7 +20,6 @@ from conftest import CONFIGS, ROOT
 import jaxtrain
 from jaxtrain import checkpoint, data, engine, evaluation, history
 from jaxtrain.callbacks import nonfinite
-from jaxtrain.diagnostics import nan
 
 
 def params_hash(state) -> str:
@@ -34,10 +33,10 @@ def trained_state(config, workdir):
 
 
 # A short MLP run with a checkpoint every 4 steps and a log record every step, so a kill can land anywhere.
-KILL_RUN = ['--config', str(CONFIGS / 'digits_mlp.py'), '--config.train.num_steps=60',
-            '--config.train.progress_bar=False', '--config.train.log_every_steps=1',
-            '--config.train.eval_every_steps=20', '--config.checkpoint.every_steps=4',
-            '--config.data.prefetch=0']
+KILL_SETTINGS = {'train.num_steps': 60, 'train.log_every_steps': 1, 'train.eval_every_steps': 20,
+                 'checkpoint.every_steps': 4, 'data.prefetch': 0}
+KILL_RUN = ['--config', str(CONFIGS / 'digits_mlp.py'), '--config.train.progress_bar=False',
+            *(f'--config.{key}={value}' for key, value in KILL_SETTINGS.items())]
 
 
 def start(workdir, data_dir, *extra):
@@ -62,10 +61,10 @@ def wait_for_step(workdir, step: int, process, timeout: float = 120) -> None:
 @pytest.mark.parametrize('kill_at', [(7, 29, 46)])
 def test_kill_9_at_random_steps_then_rerun_gives_bit_identical_parameters(make_config, data_dir, tmp_path,
                                                                          kill_at):
-  reference = subprocess.run(
-      [sys.executable, '-m', 'jaxtrain.main', *KILL_RUN, f'--workdir={tmp_path / "ref"}',
-       f'--config.data.data_dir={data_dir}'], cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert reference.returncode == 0, reference.stderr
+  # The uninterrupted reference trains in this process: the same run, as fit and the command line give the
+  # same parameters.
+  config = make_config('digits_mlp', **KILL_SETTINGS)
+  reference = jaxtrain.fit(config, tmp_path / 'ref')
   workdir = tmp_path / 'killed'
   for step in kill_at:
     process = start(workdir, data_dir)
@@ -76,17 +75,14 @@ def test_kill_9_at_random_steps_then_rerun_gives_bit_identical_parameters(make_c
   _, stderr = process.communicate(timeout=300)
   assert process.returncode == 0, stderr
 
-  config = make_config('digits_mlp', **{'train.num_steps': 60, 'train.eval_every_steps': 20,
-                                        'checkpoint.every_steps': 4, 'train.log_every_steps': 1,
-                                        'data.prefetch': 0})
-  assert params_hash(trained_state(config, workdir)) == params_hash(trained_state(config, tmp_path / 'ref'))
+  assert params_hash(trained_state(config, workdir)) == params_hash(reference.state)
   records = history.read_metrics(workdir)
   kinds = collections.Counter((r['step'], tuple(sorted(k for k in r if '/' in k))[0]) for r in records)
   assert max(kinds.values()) == 1  # No step logged twice ...
   assert sorted(s for s, kind in kinds if kind.startswith('train/')) == list(range(1, 61))  # ... none lost.
 
 
-def test_sigterm_saves_the_current_step_and_the_rerun_continues(data_dir, tmp_path):
+def test_sigterm_saves_the_current_step_and_the_rerun_continues(make_config, data_dir, tmp_path):
   workdir = tmp_path / 'run'
   process = start(workdir, data_dir, '--config.train.num_steps=100000')
   wait_for_step(workdir, 10, process)
@@ -101,12 +97,9 @@ def test_sigterm_saves_the_current_step_and_the_rerun_continues(data_dir, tmp_pa
       workdir / 'checkpoints', jaxtrain.load_config(CONFIGS / 'digits_mlp.py').checkpoint, True).steps()
   assert stopped >= 10 and stopped in saved, (stopped, saved, stderr)
 
-  rerun = subprocess.run(
-      [sys.executable, '-m', 'jaxtrain.main', *KILL_RUN, f'--config.train.num_steps={stopped + 8}',
-       f'--workdir={workdir}', f'--config.data.data_dir={data_dir}'],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert rerun.returncode == 0, rerun.stderr
-  assert json.loads((workdir / 'summary.json').read_text())['steps'] == stopped + 8
+  rerun = jaxtrain.fit(make_config('digits_mlp', **{**KILL_SETTINGS, 'train.num_steps': stopped + 8}),
+                       workdir)
+  assert rerun.summary['steps'] == stopped + 8
   train_steps = [r['step'] for r in history.read_metrics(workdir) if 'train/loss' in r]
   assert train_steps == sorted(set(train_steps)) and train_steps[-1] == stopped + 8
 
@@ -201,25 +194,25 @@ def test_a_nan_halts_at_its_step_naming_the_layer_and_parameter_and_dumps_a_repl
   findings = json.loads((dump / 'findings.json').read_text())
   assert findings['step'] == 13 and findings['activation'] == 'Block_0/Conv_0'
   assert np.isnan(np.load(dump / 'batch.npz')['image']).sum() == 1
-  reproduced, message = nan.replay(dump)  # jax_debug_nans stops at the primitive that made the NaN.
-  assert reproduced and message.startswith('step 13: a NaN appears in Block_0/Conv_0 at ')
-  assert 'jaxtrain/models/' in message  # The zoo's line that computed it.
+  # The replay command: jax_debug_nans stops at the primitive that made the NaN, and it exits 1.
   result = subprocess.run([sys.executable, '-m', 'jaxtrain.diagnostics.nan', str(dump)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
-  assert result.returncode == 1 and result.stdout.strip().splitlines()[-1] == message  # A failing exit.
+  message = result.stdout.strip().splitlines()[-1]
+  assert result.returncode == 1 and message.startswith('step 13: a NaN appears in Block_0/Conv_0 at ')
+  assert 'jaxtrain/models/' in message  # The zoo's line that computed it.
   assert 'Warning' not in result.stderr, result.stderr
 
 
 def test_skip_drops_nonfinite_updates_counts_them_and_halts_after_too_many(make_config, tmp_path,
                                                                           monkeypatch):
   poison(monkeypatch, {3, 4, 11, 12, 13})
-  run = jaxtrain.fit(make_config(**{'train.nonfinite': 'skip'}), tmp_path / 'skip')
+  run = jaxtrain.fit(make_config('digits_mlp', **{'train.nonfinite': 'skip'}), tmp_path / 'skip')
   assert sum(r.get('train/skipped', 0) for r in run.history) == 5 and run.summary['steps'] == 20
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(jax.device_get(run.state.params)))
   poison(monkeypatch, {3, 4, 11, 12, 13, 14, 15, 16})
   # The limit holds exactly although the guard looks only at the log step (20): the step froze at 13.
   with pytest.raises(nonfinite.NonFiniteError, match=r'halted at step 13: 3 non-finite steps in a row') as e:
-    jaxtrain.fit(make_config(**{'train.nonfinite': 'skip', 'train.max_consecutive_skips': 3}),
+    jaxtrain.fit(make_config('digits_mlp', **{'train.nonfinite': 'skip', 'train.max_consecutive_skips': 3}),
                  tmp_path / 'halt')
   assert 'Skipping does not get past it' in str(e.value) and 'nonfinite=skip' not in str(e.value)
 

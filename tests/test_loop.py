@@ -155,6 +155,7 @@ def test_state_is_a_plain_pytree(make_config):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures('optimized')  # 1,200 steps.
 def test_default_job_reaches_97_percent_test_accuracy(data_dir, tmp_path):
   config = jaxtrain.load_config('configs/digits_cnn.py',
                                 {'data.data_dir': data_dir, 'train.progress_bar': False})

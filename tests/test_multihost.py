@@ -49,18 +49,10 @@ def start_processes(workdir, data_dir, *extra, output=subprocess.DEVNULL) -> lis
 
 def test_two_processes_train_like_one_and_a_signal_to_one_stops_both_and_resumes(make_config, data_dir,
                                                                                  tmp_path):
-  straight = launch_script(tmp_path / 'straight', data_dir, '--config.train.num_steps=20')
-  assert straight.returncode == 0, straight.stderr
-  config = make_config(**{'train.num_steps': 20, 'train.log_every_steps': 1, 'model.dropout': 0.2,
-                          'optim.name': 'momentum', 'optim.lr': 0.05})
-  single = train_losses(jaxtrain.fit(config, tmp_path / 'single').workdir)
-  multi = train_losses(tmp_path / 'straight')
-  assert sorted(multi) == list(range(1, 21))
-  for step, loss in single.items():
-    assert abs(multi[step] - loss) <= 1e-5 * max(1.0, loss)
-
   # SIGTERM to the second process only: the processes agree on it at the next log step (every step here),
-  # both stop there and save one checkpoint, and both exit 128 + SIGTERM.
+  # both stop there and save one checkpoint, and both exit 128 + SIGTERM. The launch script resumes, and
+  # the two processes' run, cut in two, trains like one process on one device: a resume that lost or
+  # repeated a batch, or any optimizer state, would be off by far more than the tolerance.
   workdir = tmp_path / 'preempted'
   processes = start_processes(workdir, data_dir, '--config.train.num_steps=20', output=subprocess.PIPE)
   try:
@@ -83,7 +75,12 @@ def test_two_processes_train_like_one_and_a_signal_to_one_stops_both_and_resumes
   assert resumed.returncode == 0, resumed.stderr
   assert f'Resuming from step {step}' in resumed.stderr
   assert json.loads((workdir / 'summary.json').read_text())['steps'] == 20
-  assert train_losses(workdir) == multi  # Every step once, bit for bit the uninterrupted run's.
+  config = make_config(**{'train.num_steps': 20, 'train.log_every_steps': 1, 'model.dropout': 0.2,
+                          'optim.name': 'momentum', 'optim.lr': 0.05})
+  single, multi = train_losses(jaxtrain.fit(config, tmp_path / 'single').workdir), train_losses(workdir)
+  assert sorted(multi) == list(range(1, 21))  # Every step once.
+  for step, loss in single.items():
+    assert abs(multi[step] - loss) <= 1e-5 * max(1.0, loss)
 
 
 def test_killing_one_process_ends_the_other_within_60_s(data_dir, tmp_path):

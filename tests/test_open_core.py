@@ -367,6 +367,7 @@ def test_population_and_sweep_through_fit_with_user_objects(tmp_path):
   assert len(result['trials']) == 2 and result['best']['eval/accuracy'] > 0
 
 
+@pytest.mark.usefixtures('optimized')  # The doctor's probes train hundreds of steps.
 def test_doctor_and_lr_find_on_a_user_model_skip_only_the_zoo_checks(tmp_path):
   config = small_config(**{'doctor.overfit_steps': 30, 'doctor.lr_find_steps': 10})
   report = jaxtrain.doctor(config, tmp_path, model=tokens.TokenNet(rngs=nnx.Rngs(0)), data=TOKENS,

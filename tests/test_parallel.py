@@ -33,7 +33,7 @@ for name, overrides in strategies.items():
   config = jaxtrain.load_config(sys.argv[1], {
       'data.data_dir': sys.argv[2], 'train.num_steps': 20, 'train.log_every_steps': 1,
       'train.progress_bar': False, 'model.dropout': 0.2, 'optim.name': 'momentum', 'optim.lr': 0.05,
-      **overrides})
+      'diagnostics.report': False, **overrides})
   run = jaxtrain.fit(config)
   kernel = run.state.params['Block_1']['Conv_0']['kernel']
   out[name] = {'losses': [r['train/loss'] for r in run.history if 'train/loss' in r],
@@ -44,8 +44,11 @@ print(json.dumps(out))
 '''
 
 
-def run_on_8_devices(*args) -> subprocess.CompletedProcess:
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+def run_on_8_devices(*args, optimized: bool = False) -> subprocess.CompletedProcess:
+  """`optimized`: with XLA's optimizations (tests/conftest.py), for runs where 8 simulated devices on the
+  machine's cores make the steps cost more than their compilation."""
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
+         **({'JAX_DISABLE_MOST_OPTIMIZATIONS': '0'} if optimized else {})}
   return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=600)
 
@@ -53,7 +56,8 @@ def run_on_8_devices(*args) -> subprocess.CompletedProcess:
 @pytest.fixture(scope='module')
 def strategies(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp('tfds')
-  result = run_on_8_devices('-c', STRATEGIES_SCRIPT, str(CONFIGS / 'digits_cnn.py'), str(data_dir))
+  result = run_on_8_devices('-c', STRATEGIES_SCRIPT, str(CONFIGS / 'digits_cnn.py'), str(data_dir),
+                            optimized=True)
   assert result.returncode == 0, result.stderr
   return json.loads(result.stdout.strip().splitlines()[-1])
 

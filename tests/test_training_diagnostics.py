@@ -3,7 +3,7 @@
 import logging
 
 import jaxtrain
-from jaxtrain.diagnostics import training
+from jaxtrain.diagnostics import stats, training
 
 
 def test_diagnostic_steps_log_per_layer_statistics_and_alert_once(make_config, caplog):
@@ -43,8 +43,9 @@ def test_vanishing_alert_during_training_uses_the_doctors_rule(make_config, capl
     diagnostics = training.TrainingDiagnostics(order)
     weights = {f'param_norm/{layer}': 1.0 for layer in order}
     for first in (0.05, 2e-3):  # 1/20 of the head's ratio: fine; 1/500: a warning.
-      diagnostics.add(1, 0.0, {'grad_norm/Block_0/Dense_0': first, 'grad_norm/Block_1/Dense_0': 0.5,
-                               'grad_norm/head': 1.0, **weights})
+      diagnostics.add(1, 0.0, stats.Statistics.pack({
+          'grad_norm/Block_0/Dense_0': first, 'grad_norm/Block_1/Dense_0': 0.5, 'grad_norm/head': 1.0,
+          **weights}))
       diagnostics.records()
   assert [r.message for r in caplog.records] == [
       "diagnostics at step 1: the gradient/weight ratio of Block_0/Dense_0 is 0.002 of a later layer's (the "

@@ -1,15 +1,15 @@
 """Per-layer statistics during training: collected on the device, written at log steps, alerts once.
 
-The diagnostic train step (`steps.make_train_step(..., diagnose=...)`) returns `metrics['diag']`; the loop
-hands it here and goes on without waiting. At the next log step everything collected is fetched in one
-transfer and written as `diag/<statistic>/<layer>` records; a layer crossing a threshold is reported once
-per run (not at every step), with the note's advice.
+The diagnostic train step (`steps.make_train_step(..., diagnose=...)`) returns `metrics['diag']`, a
+`stats.Statistics` vector; the loop hands it here and goes on without waiting. At the next log step
+everything collected is fetched (a vector per step) and written as `diag/<statistic>/<layer>` records; a
+layer crossing a threshold is reported once per run (not at every step), with the note's advice.
 """
 
 import logging
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 
 from jaxtrain.diagnostics import stats
 
@@ -28,32 +28,27 @@ ALERTS = (
 )
 
 
-@jax.jit
-def _stack(diags: list[dict]) -> dict:
-  """One array per statistic: fetching thousands of device scalars one by one would cost ~15 us each."""
-  return jax.tree.map(lambda *values: jnp.stack(values), *diags)
-
-
 class TrainingDiagnostics:
   """Collects the diagnostic steps' statistics and turns them into metrics.jsonl records. `order` is the
   model's modules in forward order (input first), which the vanishing-gradient rule compares along."""
 
   def __init__(self, order: list[str] = ()):
     self._order = list(order)
-    self._pending: list[tuple[int, float, dict]] = []
+    self._pending: list[tuple[int, float, stats.Statistics]] = []
     self._alerted: set[tuple[str, str]] = set()
 
-  def add(self, step: int, epoch: float, diag: dict) -> None:
+  def add(self, step: int, epoch: float, diag: stats.Statistics) -> None:
     self._pending.append((step, epoch, diag))
 
   def records(self) -> list[dict]:
-    """The records of every statistic collected since the last call (one device-to-host transfer)."""
+    """The records of every statistic collected since the last call."""
     if not self._pending:
       return []
-    stacked = jax.device_get(_stack([diag for _, _, diag in self._pending]))
+    names = self._pending[0][2].names
+    values = np.stack(jax.device_get([diag.values for _, _, diag in self._pending])).tolist()
     records = []
-    for i, (step, epoch, _) in enumerate(self._pending):
-      diag = {key: float(values[i]) for key, values in sorted(stacked.items())}
+    for (step, epoch, _), row in zip(self._pending, values, strict=True):
+      diag = dict(zip(names, row, strict=True))
       records.append({'step': step, 'epoch': epoch, **{f'diag/{key}': value for key, value in diag.items()}})
       self._alert(step, diag)
     self._pending = []
