@@ -6,8 +6,9 @@ import pathlib
 # The tests compile hundreds of programs and run each for a few dozen steps, so XLA's optimizations cost far
 # more than they save: on a 2-core CPU the default CNN's train step compiles in 3.9 s instead of 7.7 s and
 # state creation in 1.3 s instead of 3.6 s, while a step runs 3.4x slower (benchmarks/suite_compile.py;
-# benchmarks/README.md, "The test suite"). Set before JAX is imported, so the subprocesses the tests start inherit it; the benchmarks and
-# every user run keep the optimizations. `JAX_DISABLE_MOST_OPTIMIZATIONS=0 pytest` runs the suite optimized.
+# benchmarks/README.md, "The test suite"). Set before JAX is imported, so the subprocesses the tests start
+# inherit it; the benchmarks and every user run keep the optimizations. `JAX_DISABLE_MOST_OPTIMIZATIONS=0
+# pytest` runs the suite optimized.
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 
 import jax  # noqa: E402
