@@ -63,7 +63,7 @@ def plot_history(history: list[dict], path: pathlib.Path | None = None):
 
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
   # Fixed margins that fit the labels: `tight_layout` would draw the figure once more to measure them, which
-  # doubled the cost of the plot every run writes (0.3 s of a 1.5 s test run on a 2-core CPU).
+  # cProfile put at 0.35 s of a 1.7 s 20-step fit on a 2-core CPU (the plot every run writes).
   fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.96, wspace=0.22)
   for ax, metric in zip(axes, ('loss', 'accuracy'), strict=True):
     for split in ('train', 'eval'):

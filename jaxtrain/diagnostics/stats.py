@@ -86,8 +86,8 @@ def activation_moments(intermediates) -> dict[str, tuple[jax.Array, jax.Array]]:
 @flax.struct.dataclass
 class Statistics:
   """Named scalars packed in one vector, the names static (pytree metadata). A diagnostic step returns a few
-  dozen statistics; as separate outputs each one costs the step an output buffer and the loop a transfer,
-  which on a CPU whose step takes 2.5 ms added about 6% (benchmarks/diagnostics.py)."""
+  dozen statistics; as separate outputs each would cost the step an output buffer and the loop a transfer
+  or a jitted stack, which weighs where a step takes milliseconds (benchmarks/diagnostics.py)."""
   values: jax.Array  # [len(names)], or [steps, len(names)] once stacked on the host.
   names: tuple[str, ...] = flax.struct.field(pytree_node=False)
 
