@@ -33,7 +33,7 @@ from jaxtrain.callbacks import (
     trackers,
 )
 from jaxtrain.callbacks import writers as metric_writers
-from jaxtrain.diagnostics import run_report
+from jaxtrain.diagnostics import figure_process, run_report
 from jaxtrain.experiments import ensemble, population, transfer
 
 log = logging.getLogger('jaxtrain')
@@ -67,7 +67,7 @@ def fit(config: ml_collections.ConfigDict | None = None, workdir: str | pathlib.
   workdir.mkdir(parents=True, exist_ok=True)
   ckpt = checkpoint.Checkpointer(workdir / checkpoint.CHECKPOINT_DIR, config.checkpoint)
   try:
-    abstract_state = jax.eval_shape(exp.new_state)
+    abstract_state = exp.abstract_state()
     restored = ckpt.restore(abstract_state)
     if restored is None and config.checkpoint.restore_from:
       source = build.read_only(checkpoint.checkpoint_dir(config.checkpoint.restore_from), config)
@@ -136,17 +136,20 @@ def _train(exp: build.Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkp
         if config.profile.start_step else []),
       *user_callbacks, preemption.Preemption()])
   started = time.time()
+  figures = figure_process.Figures() if primary else None  # Drawn by another process as the run goes on.
   if config.diagnostics.report and primary and start == 0:
-    run_report.at_start(exp, state, stats, workdir)
+    run_report.at_start(exp, state, stats, workdir, figures.draw)
   try:
     engine.run(trainer, callbacks, restored.data if restored else data.stream_state(0))
+    if figures:  # The curves' train and eval points are all written: drawn while the final pass runs.
+      figures.draw(history.write_curves, history.read_metrics(workdir), workdir / history.CURVES_FILE)
     steps_done = int(jax.device_get(trainer.state.step))
     state, last_eval = trainer.state, trainer.evaluation
     if stopper and stopper.stopped and best.best.step != steps_done:
       ckpt.wait()
       state, last_eval = ckpt.restore(abstract_state, best.best.step).state, None
     final = evaluation.final_metrics(exp, state, stats, last_eval)
-    report, findings = (run_report.at_end(exp, state, stats, final, workdir, primary)
+    report, findings = (run_report.at_end(exp, state, stats, final, workdir, figures and figures.draw)
                         if config.diagnostics.report else ({}, []))
     writer.write({'step': steps_done, 'epoch': steps_done / exp.steps_per_epoch,
                   **{k: v for k, v in final.items() if k.startswith('test/')}})
@@ -165,7 +168,7 @@ def _train(exp: build.Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkp
     summary.update(target.reached)
   if primary:
     (workdir / history.SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + '\n')
-    history.plot_history(records, workdir / history.CURVES_FILE)
+    figures.wait()
   run = history.Run(workdir=workdir, history=records, state=state, summary=summary, model=exp.program.model)
   callbacks.on_fit_end(trainer, run)
   return run
@@ -182,7 +185,7 @@ def _initial_state(exp: build.Experiment):
     return transfer.initialize(state, weights.initial_variables(init_from, fresh), init_from)
   source_config = transfer.source_config(init_from)
   source = build.read_only(checkpoint.checkpoint_dir(init_from), source_config)
-  restored = source.restore(jax.eval_shape(build.prepare(source_config, None).new_state))
+  restored = source.restore(build.prepare(source_config, None).abstract_state())
   source.close()
   if restored is None:
     raise config_lib.ConfigError(f'no readable checkpoint in init_from={init_from!r}')

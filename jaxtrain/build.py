@@ -129,6 +129,13 @@ class Experiment:
     compiled program, not constants baked into it, so a module changed in place starts as it is now)."""
     return self.program.create_state(self.config.seed, initial=self.program.model.initial_variables())
 
+  def abstract_state(self):
+    """The state's shapes, dtypes and shardings, computing nothing: what a checkpoint restores into.
+    (`create_state` itself is traced, not called under another trace: on a CPU it is compiled with its own
+    options, which JAX accepts only on an outermost jit.)"""
+    return jax.eval_shape(self.program.create_state, self.config.seed,
+                          initial=self.program.model.initial_variables())
+
   @property
   def user_model(self) -> bool:
     """A model from outside the zoo (an object or an import path): zoo-only diagnostics do not apply."""
@@ -191,7 +198,7 @@ def trained_state(exp: 'Experiment', workdir: pathlib.Path) -> tuple[state_lib.T
   if not (workdir / checkpoint.CHECKPOINT_DIR).is_dir() or not stats_path.exists():
     raise config_lib.ConfigError(f'no trained run in {str(workdir)!r}; train it first with --mode train')
   ckpt = read_only(workdir / checkpoint.CHECKPOINT_DIR, exp.config)
-  restored = ckpt.restore(jax.eval_shape(exp.new_state))
+  restored = ckpt.restore(exp.abstract_state())
   ckpt.close()
   if restored is None:
     raise config_lib.ConfigError(f'no readable checkpoint in {str(ckpt.directory)!r}; train first')

@@ -17,7 +17,7 @@ LAYERS = [
     ['config'],
     ['model', 'models', 'tasks', 'data', 'optim', 'state', 'parallel', 'checkpoint', 'compile_cache',
      'monitor', 'perf', 'weights', 'history', 'registry', 'diagnostics.stats', 'diagnostics.curves',
-     'diagnostics.training', 'diagnostics.plots', 'experiments.transfer'],
+     'diagnostics.training', 'diagnostics.plots', 'diagnostics.figure_process', 'experiments.transfer'],
     ['steps'],
     ['build', 'evaluation', 'generation', 'serving', 'diagnostics.baselines', 'diagnostics.predictions',
      'diagnostics.views', 'diagnostics.run_report'],

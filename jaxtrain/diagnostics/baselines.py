@@ -35,7 +35,7 @@ def name(task: tasks.Task) -> str:
 
 def output_shape(exp) -> tuple[int, ...]:
   """The model's output shape for one example, traced without computing."""
-  abstract = jax.eval_shape(exp.new_state)
+  abstract = exp.abstract_state()
   model = exp.program.model
   outputs = jax.eval_shape(lambda s: model.apply(variables(s), exp.example, train=False), abstract)
   return tuple(outputs.shape[1:])

@@ -36,7 +36,7 @@ def replay(directory: pathlib.Path) -> tuple[bool, str]:
   config = ml_collections.ConfigDict(json.loads((directory / 'config.json').read_text()))
   findings = json.loads((directory / 'findings.json').read_text())
   exp = build.prepare(config, None)
-  state = checkpoint.load_state(directory / 'state', jax.eval_shape(exp.new_state))
+  state = checkpoint.load_state(directory / 'state', exp.abstract_state())
   batch = dict(np.load(directory / 'batch.npz'))
   step = steps.make_train_step(exp.program.model, exp.program.optimizer, config.optim, 'skip',
                                exp.program.task, exp.program.augment)

@@ -14,8 +14,13 @@ def _axes(figsize: tuple[float, float]):
   return fig, fig.subplots()
 
 
-def _save(fig, path: pathlib.Path) -> None:
-  fig.tight_layout()
+def _save(fig, path: pathlib.Path, margins: dict | None = None) -> None:
+  """`margins` (subplots_adjust's) for the figures every run draws: `tight_layout` finds them by drawing the
+  figure once more, 0.09 s of the confusion matrix's 0.26 s on a 2-core CPU and 0.05 of a grid's 0.14 s."""
+  if margins:
+    fig.subplots_adjust(**margins)
+  else:
+    fig.tight_layout()
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=100)
 
@@ -91,7 +96,7 @@ def image_grid(images: np.ndarray, captions: list[str], title: str, path: pathli
     ax.text(col * cell_w + w / 2, r * cell_h + h + 0.1 * h, caption, ha='center', va='top', fontsize=7)
   ax.set_title(title, fontsize=9)
   ax.axis('off')
-  _save(fig, path)
+  _save(fig, path, {'left': 0.01, 'right': 0.99, 'bottom': 0.01, 'top': 1 - 0.3 / fig.get_figheight()})
 
 
 def text_table(lines: list[str], title: str, path: pathlib.Path) -> None:
@@ -110,13 +115,17 @@ def confusion(counts: np.ndarray, path: pathlib.Path) -> None:
   fig, ax = _axes((size, size))
   shown = ax.imshow(rates, cmap='Blues', vmin=0, vmax=1)
   if len(counts) <= 20:
+    ax.set_xticks(range(len(counts)))
+    ax.set_yticks(range(len(counts)))
     for (true, predicted), count in np.ndenumerate(counts):
       ax.text(predicted, true, str(count), ha='center', va='center', fontsize=7,
               color='white' if rates[true, predicted] > 0.5 else 'black')
   ax.set_xlabel('predicted class')
   ax.set_ylabel('true class')
   fig.colorbar(shown, ax=ax, fraction=0.046, label='fraction of the true class')
-  _save(fig, path)
+  inches = {'left': 0.75, 'right': 0.8, 'bottom': 0.6, 'top': 0.15}  # Room for the labels and the colorbar.
+  _save(fig, path, {side: room / size if side in ('left', 'bottom') else 1 - room / size
+                    for side, room in inches.items()})
 
 
 def dynamics(steps: list[int], values: np.ndarray, ylabel: str, path: pathlib.Path) -> None:

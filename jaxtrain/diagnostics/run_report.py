@@ -9,6 +9,7 @@ a run reports the one in its workdir's doctor.json when there is one.
 import json
 import logging
 import pathlib
+from collections.abc import Callable
 
 from jaxtrain.diagnostics import baselines, plots, predictions, views
 
@@ -17,13 +18,16 @@ log = logging.getLogger('jaxtrain')
 DOCTOR_FILE = 'doctor.json'  # Written by the doctor (diagnostics/doctor.py), read here.
 
 
-def at_start(exp, state, stats: dict, workdir: pathlib.Path) -> None:
-  views.write_batch(exp, state, stats, workdir)
+def at_start(exp, state, stats: dict, workdir: pathlib.Path, draw: Callable) -> None:
+  """`draw(function, *args)` draws a figure (`figure_process.Figures.draw`: in the background)."""
+  views.write_batch(exp, state, stats, workdir, draw)
 
 
-def at_end(exp, state, stats: dict, final: dict, workdir: pathlib.Path, primary: bool) -> tuple[dict, list]:
+def at_end(exp, state, stats: dict, final: dict, workdir: pathlib.Path, draw: Callable | None
+           ) -> tuple[dict, list]:
   """({'baselines': ..., 'confusion': ...} for summary.json, findings to add to its diagnosis). Every
-  process computes (the passes over the eval split are collective); the primary one writes the plots."""
+  process computes (the passes over the eval split are collective); the primary one, whose `draw` is not
+  None, draws the plots."""
   found = {}
   constant = baselines.constant(exp, stats)
   if constant is not None:
@@ -40,8 +44,8 @@ def at_end(exp, state, stats: dict, final: dict, workdir: pathlib.Path, primary:
   if 'prediction' in predicted and num_classes <= predictions.MAX_CONFUSION_CLASSES:
     counts = predictions.confusion(predicted['label'], predicted['prediction'], num_classes)
     added['confusion'] = counts.tolist()
-    if primary:
-      plots.confusion(counts, workdir / views.CONFUSION_PLOT)
-  if primary:
-    views.write_examples(exp, predicted, workdir)
+    if draw:
+      draw(plots.confusion, counts, workdir / views.CONFUSION_PLOT)
+  if draw:
+    views.write_examples(exp, predicted, workdir, draw)
   return added, [finding] if finding else []

@@ -8,12 +8,13 @@ highest loss, as stored, with label, prediction and its probability where the ta
 """
 
 import pathlib
+from collections.abc import Callable
 
 import jax
 import numpy as np
 
 from jaxtrain import data, steps
-from jaxtrain.diagnostics import plots, predictions
+from jaxtrain.diagnostics import figure_process, plots, predictions
 
 BATCH_PLOT = 'plots/batch.png'
 EXAMPLES_PLOT = 'plots/examples.png'
@@ -47,8 +48,9 @@ def feature_lines(batch: dict) -> list[str]:
   return lines
 
 
-def write_batch(exp, state, stats: dict, workdir: pathlib.Path) -> dict:
-  """Writes plots/batch.png; returns the batch's per-key statistics (for the doctor's report)."""
+def write_batch(exp, state, stats: dict, workdir: pathlib.Path, draw: Callable = figure_process.now) -> dict:
+  """Writes plots/batch.png (by `draw`: `figure_process.Figures.draw` draws it in the background); returns
+  the batch's per-key statistics (for the doctor's report)."""
   batch = first_batch(exp, state, stats)
   shown = {key: value[:SHOWN] for key, value in batch.items()}
   key = exp.config.model.inputs[0]
@@ -59,16 +61,16 @@ def write_batch(exp, state, stats: dict, workdir: pathlib.Path) -> dict:
       moments = stats[key]
       images = images * np.asarray(moments['std'], np.float32) + np.asarray(moments['mean'], np.float32)
     title = f'step 1\'s batch ({len(batch[key])} examples, {len(images)} shown) as the model sees it'
-    plots.image_grid(images, labels or [''] * len(images), title, workdir / BATCH_PLOT)
+    draw(plots.image_grid, images, labels or [''] * len(images), title, workdir / BATCH_PLOT)
   else:
-    plots.text_table(feature_lines(batch), f'step 1\'s batch of {data.length(batch)}, per key',
-                     workdir / BATCH_PLOT)
+    draw(plots.text_table, feature_lines(batch), f'step 1\'s batch of {data.length(batch)}, per key',
+         workdir / BATCH_PLOT)
   return {key: {'mean': float(np.mean(value)), 'std': float(np.std(value))} for key, value in batch.items()
           if np.issubdtype(np.asarray(value).dtype, np.number)}
 
 
-def write_examples(exp, predicted: dict, workdir: pathlib.Path) -> None:
-  """Writes plots/examples.png: the eval examples with the highest loss (`predicted` from
+def write_examples(exp, predicted: dict, workdir: pathlib.Path, draw: Callable = figure_process.now) -> None:
+  """Writes plots/examples.png (by `draw`): the eval examples with the highest loss (`predicted` from
   predictions.split_predictions)."""
   worst = predictions.worst(predicted['loss'], SHOWN // 2)
   examples = data.gather(exp.splits.eval, worst)
@@ -80,8 +82,8 @@ def write_examples(exp, predicted: dict, workdir: pathlib.Path) -> None:
     captions = [f'loss {predicted["loss"][i]:.3g}' for i in worst]
   title = 'the eval examples with the highest loss: label as prediction (its probability)'
   if key in examples and plots.is_image(np.asarray(examples[key])):
-    plots.image_grid(np.asarray(examples[key], np.float32), captions, title, workdir / EXAMPLES_PLOT)
+    draw(plots.image_grid, np.asarray(examples[key], np.float32), captions, title, workdir / EXAMPLES_PLOT)
   else:
-    plots.text_table([f'{"example":>8}  caption'] + [f'{i:8d}  {c}' for i, c in zip(worst, captions,
-                                                                                       strict=True)],
-                     title, workdir / EXAMPLES_PLOT)
+    draw(plots.text_table, [f'{"example":>8}  caption'] + [f'{i:8d}  {c}' for i, c in zip(worst, captions,
+                                                                                         strict=True)],
+         title, workdir / EXAMPLES_PLOT)

@@ -47,7 +47,7 @@ def _probabilities(member_config, folder, step, stats_dir, **objects) -> tuple[d
     raise config_lib.ConfigError(f'ensembles average class probabilities; task.name='
                                  f"{exp.program.task.name!r} is not 'classification'")
   ckpt = checkpoint.Checkpointer(folder, member_config.checkpoint, read_only=True)
-  restored = ckpt.restore(jax.eval_shape(exp.new_state), step)
+  restored = ckpt.restore(exp.abstract_state(), step)
   ckpt.close()
   if restored is None:
     raise config_lib.ConfigError(f'no readable checkpoint in {str(folder)!r} for the ensemble')

@@ -154,8 +154,9 @@ def _population_experiment(exp: build.Experiment, specs: list[dict]) -> build.Ex
 
   single = ml_collections.ConfigDict({**config.parallel.to_dict(), 'strategy': 'single'})
   strategy = parallel.make(single, {})
+  create_state = jax.jit(create_members, compiler_options=strategy.run_once_options)
   program = dataclasses.replace(exp.program, train_step=train_step, eval_step=eval_step, diag_step=None,
-                                create_state=jax.jit(create_members))
+                                create_state=create_state)
   return dataclasses.replace(exp, program=program, strategy=strategy)
 
 
@@ -204,14 +205,14 @@ def fit_population(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   specs = members(config)
   exp = _population_experiment(one, specs)
   if workdir and (workdir / checkpoint.POPULATION_DIR).is_dir():
-    build.read_only(workdir / checkpoint.POPULATION_DIR, config).check_fits(jax.eval_shape(exp.new_state))
+    build.read_only(workdir / checkpoint.POPULATION_DIR, config).check_fits(exp.abstract_state())
   workdir = workdir or build.temporary_workdir()
   summary_path = workdir / history.SUMMARY_FILE
   if summary_path.exists() and 'members' in json.loads(summary_path.read_text()):
     log.info('%s holds a trained population; nothing to do', workdir)
     summary = json.loads(summary_path.read_text())
     ckpt = checkpoint.Checkpointer(workdir / checkpoint.CHECKPOINT_DIR, config.checkpoint, read_only=True)
-    state = ckpt.restore(jax.eval_shape(one.new_state)).state
+    state = ckpt.restore(one.abstract_state()).state
     ckpt.close()
     return history.Run(workdir=workdir, history=history.read_metrics(workdir), state=state, summary=summary,
                        model=one.program.model)
@@ -225,7 +226,7 @@ def fit_population(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   ckpt = checkpoint.Checkpointer(workdir / checkpoint.POPULATION_DIR, keep_latest)
   past = history.read_metrics(workdir)
   try:
-    restored = ckpt.restore(jax.eval_shape(exp.new_state))
+    restored = ckpt.restore(exp.abstract_state())
     start = restored.step if restored else 0
     if restored:
       log.info('Resuming from step %d in %s', start, workdir)
