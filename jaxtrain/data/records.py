@@ -147,9 +147,7 @@ class Stream(Mapping):
   def gather(self, indices) -> dict:
     """The examples at `indices` (positions in this split), decoded and stacked: {key: (len, ...)}."""
     rows = [int(row) for row in self.rows[np.asarray(indices, np.int64)]]
-    # ArrayRecord reads a batch of records in one call, in parallel; other sources read one by one.
-    records = (self.source.__getitems__(rows) if isinstance(self.source, grain.sources.ArrayRecordDataSource)
-               else [self.source[row] for row in rows])
+    records = read_many(self.source, rows)
     examples = [self._decode(record, row) for record, row in zip(records, rows, strict=True)]
     try:
       return {key: np.stack([np.asarray(e[key]) for e in examples]) for key in self.first}
@@ -172,6 +170,16 @@ class Stream(Mapping):
       for key, values in chunk.items():
         arrays[key][start:start + len(values)] = values
     return arrays
+
+
+def read_many(source, keys: list[int]) -> list:
+  """`[source[k] for k in keys]` in one call where the source has `__getitems__`: ArrayRecord reads the
+  records in parallel, and a TFDS data source also decodes them together (the digits' 1,437 training
+  examples: 0.15 s instead of 0.27 s one by one)."""
+  try:
+    return source.__getitems__(keys)
+  except (AttributeError, TypeError):  # None, or tfds.testing.mock_data's, which is unbound (tfds 4.9.10).
+    return [source[key] for key in keys]
 
 
 def _first_line(error: Exception) -> str:

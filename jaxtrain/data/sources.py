@@ -2,11 +2,12 @@
 user's own ArrayRecord files ('array_record:<folder>', `RecordFiles`), text ('python_docs', 'text:<glob>',
 TFDS text sets; data/text.py), or a user's `Arrays` (data/arrays.py).
 
-The only module that talks to TFDS. Adding a named data set means adding one `Source` to `DATASETS`; the
-validation split is carved here, deterministically, from the end of the train split. Every split starts as
-a `records.Stream` over its records; `data.in_memory` then decodes it once into arrays (fast gathers, for
-data up to a few GB: digits, MNIST, CIFAR) or leaves it on disk, read batch by batch (ImageNet is about
-190 GB decoded at 224x224).
+The only module that talks to TFDS (with data/text.py for its text sets), and only when a data set is
+opened by name: TFDS takes 0.2 s to import, which a run on a user's `Arrays` or record files never pays.
+Adding a named data set means adding one `Source` to `DATASETS`; the validation split is carved here,
+deterministically, from the end of the train split. Every split starts as a `records.Stream` over its
+records; `data.in_memory` then decodes it once into arrays (fast gathers, for data up to a few GB: digits,
+MNIST, CIFAR) or leaves it on disk, read batch by batch (ImageNet is about 190 GB decoded at 224x224).
 """
 
 import dataclasses
@@ -15,14 +16,16 @@ import glob
 import logging
 import os
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow_datasets as tfds
 from PIL import Image
+
+if TYPE_CHECKING:
+  import tensorflow_datasets as tfds
 
 from jaxtrain.config import ConfigError, lookup
 from jaxtrain.data import records, text
-from jaxtrain.data.digits import Digits
 
 log = logging.getLogger('jaxtrain')
 
@@ -83,6 +86,10 @@ def _digit_masks(record: dict, data_config=None, binary: bool = False) -> dict:
 
 
 def _digits(data_dir: str):
+  import tensorflow_datasets as tfds  # noqa: PLC0415 - see the module docstring.
+
+  from jaxtrain.data.digits import Digits  # noqa: PLC0415 - a TFDS builder: imports TFDS.
+
   builder = Digits(data_dir=data_dir, file_format='array_record')
   if not builder.is_prepared():
     log.info('Preparing the digits data set in %s', data_dir)
@@ -93,6 +100,8 @@ def _digits(data_dir: str):
 
 def _tfds(name: str):
   def builder(data_dir: str):
+    import tensorflow_datasets as tfds  # noqa: PLC0415 - see the module docstring.
+
     return tfds.builder(name, data_dir=data_dir, file_format='array_record')
   return builder
 
@@ -102,13 +111,13 @@ class Source:
   """How one data set is read: its TFDS builder, the split that tests it, and how a record becomes an
   example. Calling it with a data folder gives the builder."""
 
-  builder: Callable[[str], tfds.core.DatasetBuilder]
+  builder: Callable[[str], 'tfds.core.DatasetBuilder']
   test_split: str = 'test'
   example: Callable = _plain  # (record, data config) -> {'image': (H, W, C) uint8, 'label': ...}.
   num_classes: int = 0  # 0: the label feature's number of classes.
   hint: str = ''  # Added to the error when the data set is not prepared.
 
-  def __call__(self, data_dir: str) -> tfds.core.DatasetBuilder:
+  def __call__(self, data_dir: str) -> 'tfds.core.DatasetBuilder':
     return self.builder(data_dir)
 
 
@@ -129,7 +138,12 @@ DATASETS = {
 
 
 def data_dir(config) -> str:
-  return os.path.expanduser(config.data.data_dir) if config.data.data_dir else tfds.core.constants.DATA_DIR
+  """`data.data_dir`, else TFDS's default folder (~/tensorflow_datasets or $TFDS_DATA_DIR)."""
+  if config.data.data_dir:
+    return os.path.expanduser(config.data.data_dir)
+  import tensorflow_datasets as tfds  # noqa: PLC0415 - see the module docstring.
+
+  return tfds.core.constants.DATA_DIR
 
 
 def read(source, example: Callable[[dict], dict] = _plain) -> dict:
@@ -277,6 +291,8 @@ def load(config, data=None, label: str = 'label') -> Splits:
     return _text(config, name)
   if name.startswith('array_record:'):
     return _record_folder(name[len('array_record:'):]).splits(config, label)
+  import tensorflow_datasets as tfds  # noqa: PLC0415 - see the module docstring.
+
   source_ = source(name)
   directory = data_dir(config)
   try:

@@ -23,9 +23,12 @@ import os
 import pathlib
 import platform
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow_datasets as tfds
+
+if TYPE_CHECKING:
+  import tensorflow_datasets as tfds
 
 from jaxtrain.config import ConfigError
 from jaxtrain.data import records
@@ -88,9 +91,11 @@ def _python_docs(name: str) -> _Corpus:
   return _Corpus(identity, ('train',), lambda: {'train': [topics[topic] for topic in sorted(topics)]})
 
 
-def is_text(builder: tfds.core.DatasetBuilder) -> bool:
+def is_text(builder: 'tfds.core.DatasetBuilder') -> bool:
   """Whether a TFDS data set is text for language modelling (a `Text` feature named 'text'), so a
   'tfds:<name>' goes through `prepare` rather than `sources.load`."""
+  import tensorflow_datasets as tfds  # noqa: PLC0415 - imported where a TFDS set is opened (0.2 s).
+
   features = builder.info.features
   return 'text' in features.keys() and isinstance(features['text'], tfds.features.Text)
 
@@ -108,11 +113,7 @@ def _texts(source) -> Iterator[str]:
   batch = 1024
   for start in range(0, len(source), batch):
     keys = list(range(start, min(start + batch, len(source))))
-    try:
-      examples = source.__getitems__(keys)
-    except TypeError:  # tfds.testing.mock_data's __getitems__ is unbound (tfds 4.9.10); [i] works.
-      examples = [source[key] for key in keys]
-    for example in examples:
+    for example in records.read_many(source, keys):
       text = example['text']
       yield text.decode('utf-8', errors='replace') if isinstance(text, bytes) else str(text)
 
@@ -121,6 +122,8 @@ def _tfds(name: str, data_dir: str) -> _Corpus:
   """'tfds:<name>': the data set's own splits of its 'text' feature, one record per document (a line of
   lm1b, all of tiny_shakespeare). Its identity is the name, version and split sizes, so data mocked by
   tfds.testing (no sizes) and the real data set do not share a cache."""
+  import tensorflow_datasets as tfds  # noqa: PLC0415 - as in is_text.
+
   tfds_name = name[len('tfds:'):]
   try:
     builder = tfds.builder(tfds_name, data_dir=data_dir, file_format='array_record')
@@ -288,7 +291,11 @@ def prepare(name: str, data_dir: str, tokenizer_spec: str, seq_len: int,
   ids are held in memory between tokenizing and writing (2-4 bytes a token), next to the text itself.
   """
   _check_seq_len(seq_len)
-  data_dir = os.path.expanduser(data_dir) if data_dir else tfds.core.constants.DATA_DIR
+  if not data_dir:
+    import tensorflow_datasets as tfds  # noqa: PLC0415 - as in is_text; its default folder.
+
+    data_dir = tfds.core.constants.DATA_DIR
+  data_dir = os.path.expanduser(data_dir)
   tok = tokenizer(tokenizer_spec)
   corpus = _corpus(name, data_dir)
   rule = _split_rule(corpus, name, validation_fraction)
