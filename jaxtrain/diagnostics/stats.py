@@ -9,6 +9,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxtrain.models import layers
 
@@ -30,13 +31,20 @@ VANISHING_WARN, VANISHING_FAIL = 1e-2, 1e-3
 def vanishing(grads: dict[str, float], weights: dict[str, float], order: list[str]) -> tuple[float, str]:
   """The smallest (layer's gradient/weight ratio) / (the largest ratio of the layers after it), over the
   layers in forward order (`order`, input first), and that layer; (1.0, '') for one layer. On the host."""
-  ratios = [float(grads[layer]) / max(float(weights[layer]), 1e-12) for layer in order]
-  worst, where = 1.0, ''
-  for i, layer in enumerate(order):
-    drop = ratios[i] / max(max(ratios[i:]), 1e-30)
-    if drop < worst:
-      worst, where = drop, layer
-  return worst, where
+  ratios = np.array([[float(grads[layer]) / max(float(weights[layer]), 1e-12) for layer in order]])
+  worst, where = vanishing_rows(ratios)
+  return float(worst[0]), (order[where[0]] if where[0] >= 0 else '')
+
+
+def vanishing_rows(ratios: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """`vanishing` for many steps at once: `ratios[step, layer]` (gradient/weight, forward order) ->
+  (the worst drop per step, its layer's index or -1 where no layer is below a later one)."""
+  later_max = np.maximum.accumulate(ratios[:, ::-1], axis=1)[:, ::-1]
+  drops = ratios / np.maximum(later_max, 1e-30)
+  where = np.argmin(drops, axis=1) if drops.shape[1] else np.zeros(len(drops), int)
+  worst = drops[np.arange(len(drops)), where] if drops.shape[1] else np.ones(len(drops))
+  below = worst < 1.0
+  return np.where(below, worst, 1.0), np.where(below, where, -1)
 
 
 def layer_norms(tree, leaf: str = 'kernel') -> dict[str, jax.Array]:

@@ -45,29 +45,38 @@ class TrainingDiagnostics:
     if not self._pending:
       return []
     names = self._pending[0][2].names
-    values = np.stack(jax.device_get([diag.values for _, _, diag in self._pending])).tolist()
-    records = []
-    for (step, epoch, _), row in zip(self._pending, values, strict=True):
-      diag = dict(zip(names, row, strict=True))
-      records.append({'step': step, 'epoch': epoch, **{f'diag/{key}': value for key, value in diag.items()}})
-      self._alert(step, diag)
+    values = np.stack(jax.device_get([diag.values for _, _, diag in self._pending]))
+    steps = [step for step, _, _ in self._pending]
+    self._alert(steps, names, values)
+    keys = [f'diag/{name}' for name in names]
+    records = [{'step': step, 'epoch': epoch, **dict(zip(keys, row, strict=True))}
+               for (step, epoch, _), row in zip(self._pending, values.tolist(), strict=True)]
     self._pending = []
     return records
 
-  def _alert(self, step: int, diag: dict) -> None:
-    for key, value in diag.items():
-      statistic, layer = key.split('/', 1)
-      for name, alarming, advice in ALERTS:
-        if name == statistic and alarming(value):
-          self._once(step, advice, layer, f'{statistic} of {layer} is {value:.3g}')
-    grads, weights = ({key.split('/', 1)[1]: v for key, v in diag.items() if key.startswith(f'{statistic}/')}
-                      for statistic in ('grad_norm', 'param_norm'))
-    layers = sorted(grads, key=lambda layer: (self._order.index(layer) if layer in self._order
-                                              else len(self._order), layer))
-    worst, layer = stats.vanishing(grads, weights, layers)
-    if worst < stats.VANISHING_WARN:
-      self._once(step, VANISHING_ADVICE, layer, f"the gradient/weight ratio of {layer} is {worst:.2g} of a "
-                                                'later layer\'s (the doctor\'s vanishing_gradients rule)')
+  def _alert(self, steps: list[int], names: tuple[str, ...], values: np.ndarray) -> None:
+    """Reports each alarming statistic and vanishing gradient at its first step in `values[step, name]`,
+    judged a column at a time (per step and statistic in Python, it cost 2.7 ms per 100 diagnostic steps of
+    the digits CNN: 1.2% of their time)."""
+    statistic = [name.split('/', 1) for name in names]
+    for name, alarming, advice in ALERTS:
+      columns = [i for i, (kind, _) in enumerate(statistic) if kind == name]
+      hits = alarming(values[:, columns]) if columns else np.zeros((len(steps), 0), bool)
+      for column in np.flatnonzero(hits.any(axis=0)):
+        row, (kind, layer) = int(np.argmax(hits[:, column])), statistic[columns[column]]
+        self._once(steps[row], advice, layer, f'{kind} of {layer} is {values[row, columns[column]]:.3g}')
+    column = {(kind, layer): i for i, (kind, layer) in enumerate(statistic)}
+    order = {layer: i for i, layer in enumerate(self._order)}
+    layers = sorted({layer for kind, layer in statistic if kind == 'grad_norm'},
+                    key=lambda layer: (order.get(layer, len(order)), layer))
+    grads, weights = (values[:, [column[kind, layer] for layer in layers]]
+                      for kind in ('grad_norm', 'param_norm'))
+    worst, where = stats.vanishing_rows(grads / np.maximum(weights, 1e-12))
+    for row in np.flatnonzero(worst < stats.VANISHING_WARN):
+      layer = layers[where[row]]
+      self._once(steps[row], VANISHING_ADVICE, layer,
+                 f'the gradient/weight ratio of {layer} is {worst[row]:.2g} of a later layer\'s '
+                 '(the doctor\'s vanishing_gradients rule)')
 
   def _once(self, step: int, advice: str, layer: str, finding: str) -> None:
     if (advice, layer) not in self._alerted:
