@@ -48,14 +48,26 @@ def test_a_run_whose_child_died_gets_an_error_not_a_hang(tmp_path):
   figures = figure_process.Figures()
   figures.child.process.kill()
   figures.child.process.wait()
+  figures.draw(plots.confusion, np.eye(3), tmp_path / 'lost.png')  # Raises nothing yet: the run goes on.
   with pytest.raises(RuntimeError, match='the process drawing the figures ended'):
-    figures.draw(plots.confusion, np.eye(3), tmp_path / 'lost.png')
     figures.wait()
   replacement = figure_process.Figures()  # The next run starts a new child.
   assert replacement.child.process.pid != figures.child.process.pid
   replacement.draw(plots.confusion, np.eye(3), tmp_path / 'next.png')
   replacement.wait()
   assert (tmp_path / 'next.png').exists()
+
+
+def test_the_child_imports_the_runs_jaxtrain_not_one_in_the_working_directory(tmp_path, monkeypatch):
+  (tmp_path / 'jaxtrain').mkdir()  # Another checkout's package, without this module.
+  (tmp_path / 'jaxtrain' / '__init__.py').write_text('raise ImportError("the wrong jaxtrain")\n')
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(figure_process, '_child', None)  # A new child, started from here.
+  figures = figure_process.Figures()
+  figures.draw(plots.confusion, np.eye(3), tmp_path / 'drawn.png')
+  figures.wait()
+  assert (tmp_path / 'drawn.png').exists()
+  figures.child.close()
 
 
 def test_the_child_ignores_the_signals_a_run_handles():

@@ -14,6 +14,7 @@ figure's exception is raised in the run that asked for it, as if it had drawn it
 
 import atexit
 import os
+import pathlib
 import pickle
 import signal
 import subprocess
@@ -31,9 +32,12 @@ class _Child:
   """The drawing process and the results it has sent back, shared by every run of this process."""
 
   def __init__(self):
-    # The child imports what this process can: its module path travels with it (a checkout, a notebook).
-    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, sys.path))}
-    self.process = subprocess.Popen([sys.executable, '-m', __name__], stdin=subprocess.PIPE,
+    # The child must import this very jaxtrain, whatever folder the run was started from (another checkout's
+    # jaxtrain/ there would win over it on the path): its folder first, and -P, so the working directory is
+    # not searched at all.
+    root = str(pathlib.Path(__file__).resolve().parents[2])
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [root, os.environ.get('PYTHONPATH')]))}
+    self.process = subprocess.Popen([sys.executable, '-P', '-m', __name__], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, env=env)
     self.lock, self.next_id, self.results = threading.Lock(), 0, {}
 
@@ -49,7 +53,7 @@ class _Child:
       while job not in self.results:
         try:
           done, error = pickle.load(self.process.stdout)
-        except EOFError:
+        except (EOFError, pickle.UnpicklingError):  # Ended, perhaps halfway through an answer.
           raise self.ended() from None
         self.results[done] = error
       return self.results.pop(job)
@@ -59,11 +63,12 @@ class _Child:
                         'is saved, its figures are not all drawn')
 
   def close(self) -> None:
-    try:
-      pickle.dump(None, self.process.stdin)
-      self.process.stdin.close()
-    except (BrokenPipeError, OSError):
-      pass
+    if not self.process.stdin.closed:
+      try:
+        pickle.dump(None, self.process.stdin)
+        self.process.stdin.close()
+      except OSError:  # It has ended already.
+        pass
     try:
       self.process.wait(timeout=10)
     except subprocess.TimeoutExpired:
@@ -86,21 +91,25 @@ def _shared_child() -> _Child:
 class Figures:
   """The figures of one run: `draw(function, *args)` sends a drawing (a module-level function of
   diagnostics/plots.py or history.py, and picklable arguments) to the child and returns at once; `wait()`
-  returns when all of this run's figures are written, raising the first figure's error."""
+  returns when all of this run's figures are written, raising the first figure's error. Nothing is raised
+  before `wait`, which a run calls once its results are saved: a figure never costs it its summary."""
 
   def __init__(self):
-    self.child, self.jobs = _shared_child(), []
+    self.child, self.jobs, self.lost = _shared_child(), [], None
 
   def draw(self, function: Callable, *args) -> None:
     try:
       self.jobs.append(self.child.send(function, args))
-    except (BrokenPipeError, OSError) as e:
-      raise self.child.ended() from e
+    except OSError:  # The child has ended (a broken pipe).
+      self.lost = self.lost or self.child.ended()
 
   def wait(self) -> None:
-    errors = [self.child.result(job) for job in self.jobs]
+    try:
+      errors = [self.child.result(job) for job in self.jobs]
+    except RuntimeError as e:  # The child ended before answering.
+      errors = [e]
     self.jobs = []
-    for error in errors:
+    for error in [self.lost, *errors]:
       if error is not None:
         raise error
 
