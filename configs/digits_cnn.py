@@ -3,8 +3,8 @@
   python -m jaxtrain.main --config configs/digits_cnn.py
 
 Target: test accuracy >= 0.97 after 30 epochs (1,200 steps); measured 0.997. Wall time for the whole
-command on 2 CPU cores (measured 2026-12-02): 13 s the first time (preparing the digits and compiling),
-9 s once the compilation cache is filled. Stopping at the target instead:
+command on 2 CPU cores (measured 2026-12-05): 16 s the first time (preparing the digits and compiling),
+9.5 s once the compilation cache is filled. Stopping at the target instead:
 --config.early_stopping.target='eval/accuracy>=0.97'. Outputs in runs/digits_cnn/.
 """
 
