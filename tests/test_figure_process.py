@@ -4,6 +4,7 @@ child says so instead of hanging."""
 
 import os
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -42,6 +43,24 @@ def test_a_figures_error_is_raised_in_the_run_and_the_child_goes_on(tmp_path):
   again.draw(plots.confusion, np.eye(3), tmp_path / 'again.png')
   again.wait()
   assert again.child is figures.child and (tmp_path / 'again.png').exists()
+
+
+def test_answers_nobody_waits_for_never_block_the_child():
+  """Runs that fail before waiting leave their answers unread; more than a pipe holds must not stop the
+  child, nor the next run that sends it a figure."""
+  def failed_runs_then_one_that_waits():
+    for _ in range(20):
+      unwaited = figure_process.Figures()
+      for _ in range(500):
+        unwaited.draw(figure_process.now, len, ())
+    last = figure_process.Figures()
+    last.draw(figure_process.now, len, ())
+    last.wait()
+
+  worker = threading.Thread(target=failed_runs_then_one_that_waits, daemon=True)
+  worker.start()
+  worker.join(timeout=60)
+  assert not worker.is_alive()
 
 
 def test_a_run_whose_child_died_gets_an_error_not_a_hang(tmp_path):

@@ -39,7 +39,11 @@ class _Child:
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [root, os.environ.get('PYTHONPATH')]))}
     self.process = subprocess.Popen([sys.executable, '-P', '-m', __name__], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, env=env)
-    self.lock, self.next_id, self.results = threading.Lock(), 0, {}
+    self.lock, self.next_id = threading.Lock(), 0
+    # Answers are read as they come, so the child never blocks on a full pipe of answers nobody reads
+    # (those of runs that failed before waiting) while this process blocks sending it a figure.
+    self.answered, self.results, self.gone = threading.Condition(), {}, False
+    threading.Thread(target=self._read_answers, daemon=True, name='jaxtrain-figures').start()
 
   def send(self, function: Callable, args: tuple) -> int:
     with self.lock:
@@ -48,14 +52,26 @@ class _Child:
       self.process.stdin.flush()
       return job
 
+  def _read_answers(self) -> None:
+    while True:
+      try:
+        job, error = pickle.load(self.process.stdout)
+      except (EOFError, pickle.UnpicklingError, OSError):  # Ended, perhaps halfway through an answer.
+        job = None
+      with self.answered:
+        if job is None:
+          self.gone = True
+        else:
+          self.results[job] = error
+        self.answered.notify_all()
+      if job is None:
+        return
+
   def result(self, job: int) -> BaseException | None:
-    with self.lock:
-      while job not in self.results:
-        try:
-          done, error = pickle.load(self.process.stdout)
-        except (EOFError, pickle.UnpicklingError):  # Ended, perhaps halfway through an answer.
-          raise self.ended() from None
-        self.results[done] = error
+    with self.answered:
+      self.answered.wait_for(lambda: job in self.results or self.gone)
+      if job not in self.results:
+        raise self.ended()
       return self.results.pop(job)
 
   def ended(self) -> RuntimeError:
