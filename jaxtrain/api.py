@@ -142,7 +142,8 @@ def _train(exp: build.Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkp
   try:
     engine.run(trainer, callbacks, restored.data if restored else data.stream_state(0))
     if figures:  # The curves' train and eval points are all written: drawn while the final pass runs.
-      figures.draw(history.write_curves, history.read_metrics(workdir), workdir / history.CURVES_FILE)
+      figures.draw(history.write_curves, history.curve_points(history.read_metrics(workdir)),
+                   workdir / history.CURVES_FILE)
     steps_done = int(jax.device_get(trainer.state.step))
     state, last_eval = trainer.state, trainer.evaluation
     if stopper and stopper.stopped and best.best.step != steps_done:
@@ -168,7 +169,10 @@ def _train(exp: build.Experiment, workdir: pathlib.Path, ckpt: checkpoint.Checkp
     summary.update(target.reached)
   if primary:
     (workdir / history.SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + '\n')
-    figures.wait()
+    try:
+      figures.wait()
+    except Exception as e:  # noqa: BLE001 - a figure is a report: the trained, saved run stands.
+      log.warning('Not every figure in %s was drawn: %s', workdir / 'plots', e)
   run = history.Run(workdir=workdir, history=records, state=state, summary=summary, model=exp.program.model)
   callbacks.on_fit_end(trainer, run)
   return run

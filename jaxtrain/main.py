@@ -148,10 +148,11 @@ def run() -> None:
   # The modules imported by now (JAX, Flax, orbax, TFDS: about 170,000 objects) live until the process
   # exits, and Python's cyclic garbage collector would traverse them at every full collection and once more
   # while the interpreter shuts down: 0.35 s and 0.3 s of a 5.5 s command (benchmarks/peers.py's recipe on
-  # 2 cores). Frozen (gc.freeze), they are left out of both; the last exit handler freezes what the run
-  # created too. Everything the run allocates is still collected while it runs.
+  # 2 cores). Frozen (gc.freeze), they are left out of both; an exit handler freezes what the run created
+  # too (the run's files are closed by then; a cycle's __del__ is not run at exit). Everything the run
+  # allocates is still collected while it runs.
   gc.freeze()
-  atexit.register(gc.freeze)  # Registered first, so it runs last, after every other exit handler.
+  atexit.register(gc.freeze)  # Before the run's exit handlers (figure process, orbax), so after them.
   app.run(main, flags_parser=parse_flags)
 
 

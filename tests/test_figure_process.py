@@ -23,7 +23,7 @@ def test_figures_drawn_by_the_child_equal_those_drawn_here(tmp_path):
   for draw, where in ((figures.draw, tmp_path / 'child'), (figure_process.now, tmp_path / 'here')):
     draw(plots.image_grid, images, [str(i) for i in range(12)], 'a batch', where / 'grid.png')
     draw(plots.confusion, counts, where / 'confusion.png')
-    draw(history.write_curves, RECORDS, where / 'curves.png')
+    draw(history.write_curves, history.curve_points(RECORDS), where / 'curves.png')
   figures.wait()
   for name in ('grid.png', 'confusion.png', 'curves.png'):
     child, here = (np.asarray(Image.open(tmp_path / where / name)) for where in ('child', 'here'))

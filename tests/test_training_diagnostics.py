@@ -50,3 +50,14 @@ def test_vanishing_alert_during_training_uses_the_doctors_rule(make_config, capl
   assert [r.message for r in caplog.records] == [
       "diagnostics at step 1: the gradient/weight ratio of Block_0/Dense_0 is 0.002 of a later layer's (the "
       "doctor's vanishing_gradients rule); vanishing gradient: use ReLU with He init, BatchNorm or residuals"]
+
+
+def test_the_vanishing_rule_passes_over_a_layer_that_is_not_a_number():
+  """A NaN or infinite statistic of one layer (a step about to be skipped) neither hides another layer's
+  drop nor is reported as one: the rule judges the layers it can."""
+  nan, inf = float('nan'), float('inf')
+  order = ['a', 'b', 'c']
+  ones = dict.fromkeys(order, 1.0)
+  for grads, expected in (([1e-5, nan, 1.0], (1e-5, 'a')), ([nan, 1e-5, 1.0], (1e-5, 'b')),
+                          ([1e-5, inf, 1.0], (0.0, 'a')), ([1.0, 0.5, 0.25], (1.0, ''))):
+    assert stats.vanishing(dict(zip(order, grads, strict=True)), ones, order) == expected, grads

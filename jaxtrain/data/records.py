@@ -176,10 +176,12 @@ def read_many(source, keys: list[int]) -> list:
   """`[source[k] for k in keys]` in one call where the source has `__getitems__`: ArrayRecord reads the
   records in parallel, and a TFDS data source also decodes them together (the digits' 1,437 training
   examples: 0.15 s instead of 0.27 s one by one)."""
-  try:
-    return source.__getitems__(keys)
-  except (AttributeError, TypeError):  # None, or tfds.testing.mock_data's, which is unbound (tfds 4.9.10).
-    return [source[key] for key in keys]
+  if getattr(type(source), '__getitems__', None) is not None:
+    try:
+      return source.__getitems__(keys)
+    except TypeError:  # tfds.testing.mock_data's is unbound (tfds 4.9.10); [i] works.
+      pass
+  return [source[key] for key in keys]
 
 
 def _first_line(error: Exception) -> str:

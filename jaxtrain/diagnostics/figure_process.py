@@ -7,9 +7,11 @@ it holding the interpreter lock, so a thread would not overlap it. A child proce
 NumPy, matplotlib and the drawing functions does it on another core: the run sends each figure's data as
 soon as it has it and waits only at its very end, for what is not drawn yet.
 
-One child per process, started on first use and reused by every later run (a notebook, the test suite),
-fed through a pipe: `(job id, function, arguments)` pickled in, `(job id, exception or None)` out. A
-figure's exception is raised in the run that asked for it, as if it had drawn it itself.
+One child per process, started on first use and reused by every later run (a notebook, the test suite).
+Jobs go in through its stdin, `(job id, function, arguments)` pickled; answers come back through a pipe of
+their own (not stdout, where anything the child's start-up prints would land), `(job id, the pickled
+exception or None)`, read by a thread as they come. A figure's exception is raised in the run that asked
+for it, at `wait`, as if it had drawn it itself.
 """
 
 import atexit
@@ -17,6 +19,7 @@ import os
 import pathlib
 import pickle
 import signal
+import site
 import subprocess
 import sys
 import threading
@@ -28,44 +31,59 @@ def now(function: Callable, *args) -> None:
   function(*args)
 
 
+def _environment() -> dict:
+  """The child must import this very jaxtrain, whatever folder the run was started from (it runs with -P,
+  so not from there): a checkout's folder goes first on its path; an installed package is found in the
+  site folder as here (putting that folder first would put it before the standard library)."""
+  root = str(pathlib.Path(__file__).resolve().parents[2])
+  if root in {*site.getsitepackages(), site.getusersitepackages()}:
+    return dict(os.environ)
+  return {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [root, os.environ.get('PYTHONPATH')]))}
+
+
 class _Child:
-  """The drawing process and the results it has sent back, shared by every run of this process."""
+  """The drawing process and the answers it has sent back, shared by every run of this process."""
 
   def __init__(self):
-    # The child must import this very jaxtrain, whatever folder the run was started from (another checkout's
-    # jaxtrain/ there would win over it on the path): its folder first, and -P, so the working directory is
-    # not searched at all.
-    root = str(pathlib.Path(__file__).resolve().parents[2])
-    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [root, os.environ.get('PYTHONPATH')]))}
-    self.process = subprocess.Popen([sys.executable, '-P', '-m', __name__], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, env=env)
+    answers, answers_to_write = os.pipe()
+    # A session of its own: a Ctrl-C or a signal to the run's process group is the run's to handle (it saves
+    # and stops); the child ends when the run closes its stdin, or exits.
+    self.process = subprocess.Popen([sys.executable, '-P', '-m', __name__, str(answers_to_write)],
+                                    stdin=subprocess.PIPE, pass_fds=(answers_to_write,),
+                                    start_new_session=True, env=_environment())
+    os.close(answers_to_write)
     self.lock, self.next_id = threading.Lock(), 0
     # Answers are read as they come, so the child never blocks on a full pipe of answers nobody reads
     # (those of runs that failed before waiting) while this process blocks sending it a figure.
     self.answered, self.results, self.gone = threading.Condition(), {}, False
-    threading.Thread(target=self._read_answers, daemon=True, name='jaxtrain-figures').start()
+    threading.Thread(target=self._read_answers, args=(os.fdopen(answers, 'rb'),), daemon=True,
+                     name='jaxtrain-figures').start()
 
   def send(self, function: Callable, args: tuple) -> int:
     with self.lock:
-      job, self.next_id = self.next_id, self.next_id + 1
-      pickle.dump((job, function, args), self.process.stdin)
-      self.process.stdin.flush()
+      job = self.next_id
+      message = pickle.dumps((job, function, args))  # Fails here, before anything is sent, if it must.
+      self.next_id += 1
+      try:
+        self.process.stdin.write(message)
+        self.process.stdin.flush()
+      except BaseException:
+        self.process.kill()  # Half a message would leave the child out of step: the next run starts anew.
+        raise
       return job
 
-  def _read_answers(self) -> None:
-    while True:
-      try:
-        job, error = pickle.load(self.process.stdout)
-      except (EOFError, pickle.UnpicklingError, OSError):  # Ended, perhaps halfway through an answer.
-        job = None
+  def _read_answers(self, answers) -> None:
+    try:
+      while True:
+        job, error = pickle.load(answers)
+        with self.answered:
+          self.results[job] = _exception(error)
+          self.answered.notify_all()
+    except BaseException:  # noqa: BLE001 - the child ended (perhaps halfway through an answer) or is broken.
       with self.answered:
-        if job is None:
-          self.gone = True
-        else:
-          self.results[job] = error
+        self.gone = True
         self.answered.notify_all()
-      if job is None:
-        return
+      self.process.kill()
 
   def result(self, job: int) -> BaseException | None:
     with self.answered:
@@ -75,8 +93,13 @@ class _Child:
       return self.results.pop(job)
 
   def ended(self) -> RuntimeError:
-    return RuntimeError(f'the process drawing the figures ended (exit code {self.process.wait()}); the run '
-                        'is saved, its figures are not all drawn')
+    try:
+      code = self.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+      self.process.kill()
+      code = 'none: killed, it had stopped answering'
+    return RuntimeError(f'the process drawing the figures ended (exit code {code}); the run is saved, its '
+                        'figures are not all drawn')
 
   def close(self) -> None:
     if not self.process.stdin.closed:
@@ -91,6 +114,16 @@ class _Child:
       self.process.kill()
 
 
+def _exception(pickled: bytes | None) -> BaseException | None:
+  """The exception the child sent, or one naming it where this process cannot rebuild it."""
+  if pickled is None:
+    return None
+  try:
+    return pickle.loads(pickled)
+  except Exception as e:  # noqa: BLE001 - e.g. an exception class whose __init__ takes other arguments.
+    return RuntimeError(f'a figure failed with an error that could not be read back ({e})')
+
+
 _child: _Child | None = None
 _start_lock = threading.Lock()
 
@@ -98,7 +131,7 @@ _start_lock = threading.Lock()
 def _shared_child() -> _Child:
   global _child
   with _start_lock:
-    if _child is None or _child.process.poll() is not None:
+    if _child is None or _child.gone or _child.process.poll() is not None:
       _child = _Child()
       atexit.register(_child.close)
     return _child
@@ -118,6 +151,8 @@ class Figures:
       self.jobs.append(self.child.send(function, args))
     except OSError:  # The child has ended (a broken pipe).
       self.lost = self.lost or self.child.ended()
+    except Exception as e:  # noqa: BLE001 - arguments that cannot be pickled: raised at `wait`, as promised.
+      self.lost = self.lost or e
 
   def wait(self) -> None:
     try:
@@ -130,12 +165,12 @@ class Figures:
         raise error
 
 
-def _serve(jobs, results) -> None:
+def _serve(jobs, answers) -> None:
   """The child's loop: draws each job in turn until the parent sends None or goes away."""
   while True:
     try:
       message = pickle.load(jobs)
-    except EOFError:
+    except Exception:  # noqa: BLE001 - the pipe's end, or a message cut short: the parent has gone.
       return
     if message is None:
       return
@@ -144,21 +179,18 @@ def _serve(jobs, results) -> None:
       function(*args)
       error = None
     except Exception as e:  # noqa: BLE001 - sent back and raised in the run that asked for the figure.
-      error = e
-    try:
-      pickle.dump((job, error), results)
-    except (pickle.PicklingError, TypeError, AttributeError):
-      pickle.dump((job, RuntimeError(f'{type(error).__name__}: {error}')), results)
-    results.flush()
+      try:
+        error = pickle.dumps(e)
+      except Exception:  # noqa: BLE001 - an exception that cannot be pickled: its name and message.
+        error = pickle.dumps(RuntimeError(f'{type(e).__name__}: {e}'))
+    pickle.dump((job, error), answers)
+    answers.flush()
 
 
 if __name__ == '__main__':
-  # The parent decides when this process ends (None or the pipe's end): a Ctrl-C or a scheduler's SIGTERM
-  # sent to the whole process group is the run's to handle (it saves and stops), not a reason to die here.
-  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # As its own session does, should a signal reach it anyway.
   signal.signal(signal.SIGTERM, signal.SIG_IGN)
-  results = os.fdopen(os.dup(1), 'wb')
-  os.dup2(2, 1)  # Anything a drawing prints goes to stderr, not into the results pipe.
-  _serve(sys.stdin.buffer, results)
+  os.dup2(2, 1)  # Anything a drawing prints goes to stderr.
+  _serve(sys.stdin.buffer, os.fdopen(int(sys.argv[1]), 'wb'))
   sys.stderr.flush()
-  os._exit(0)  # Every figure is written and every result sent: the parent need not wait for a teardown.
+  os._exit(0)  # Every figure is written and every answer sent: the parent need not wait for a teardown.

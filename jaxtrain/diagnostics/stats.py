@@ -39,8 +39,12 @@ def vanishing(grads: dict[str, float], weights: dict[str, float], order: list[st
 def vanishing_rows(ratios: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """`vanishing` for many steps at once: `ratios[step, layer]` (gradient/weight, forward order) ->
   (the worst drop per step, its layer's index or -1 where no layer is below a later one)."""
-  later_max = np.maximum.accumulate(ratios[:, ::-1], axis=1)[:, ::-1]
-  drops = ratios / np.maximum(later_max, 1e-30)
+  # As Python's max over a list did: a NaN of a later layer is passed over, and a layer whose own drop is
+  # not a number (its ratio NaN, or infinite over an infinite maximum) is never the worst.
+  later_max = np.fmax.accumulate(ratios[:, ::-1], axis=1)[:, ::-1]
+  with np.errstate(invalid='ignore', divide='ignore'):
+    drops = ratios / np.fmax(later_max, 1e-30)
+  drops = np.where(np.isnan(drops), np.inf, drops)
   where = np.argmin(drops, axis=1) if drops.shape[1] else np.zeros(len(drops), int)
   worst = drops[np.arange(len(drops)), where] if drops.shape[1] else np.ones(len(drops))
   below = worst < 1.0

@@ -45,7 +45,8 @@ class TrainingDiagnostics:
     if not self._pending:
       return []
     names = self._pending[0][2].names
-    values = np.stack(jax.device_get([diag.values for _, _, diag in self._pending]))
+    # float64, as the Python floats of the records: thresholds such as 0.1 compare as written.
+    values = np.stack(jax.device_get([diag.values for _, _, diag in self._pending])).astype(np.float64)
     steps = [step for step, _, _ in self._pending]
     self._alert(steps, names, values)
     keys = [f'diag/{name}' for name in names]
