@@ -4,8 +4,9 @@
 
 Target: test accuracy >= 0.97 after 30 epochs (1,200 steps); measured 0.997. Wall time for the whole
 command on 2 CPU cores (measured 2026-12-05): 16 s the first time (preparing the digits and compiling),
-9.5 s once the compilation cache is filled. Stopping at the target instead:
---config.early_stopping.target='eval/accuracy>=0.97'. Outputs in runs/digits_cnn/.
+9.5 s once the compilation cache is filled. Stopping at the target instead,
+--config.early_stopping.target='eval/accuracy>=0.97', stops at step 400 (test accuracy 0.989) after 5.8 s
+with the cache filled (summary.json: target_reached_step, target_reached_s). Outputs in runs/digits_cnn/.
 """
 
 from jaxtrain.config import defaults
