@@ -101,6 +101,17 @@ def test_importing_jaxtrain_leaves_matplotlib_alone():
   assert result.stdout.split() == ['svg', 'False']
 
 
+def test_fit_and_the_command_line_import_tfds_only_to_open_a_data_set_by_name():
+  """A run on a user's arrays never pays TFDS's 0.2 s import: it happens where a named data set opens."""
+  script = ('import sys, jaxtrain.main; from jaxtrain.data import sources; '
+            'print("tensorflow_datasets" in sys.modules); sources.data_dir(jaxtrain.config.defaults()); '
+            'print("tensorflow_datasets" in sys.modules)')
+  result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split() == ['False', 'True']
+
+
 def test_the_tensorboard_writer_does_not_import_pytorch(tmp_path):
   """tensorboardX imports torch when it can find it (0.9 s); the writer keeps it from looking. A finder in
   front of every other records each attempt to find torch (torch need not be installed for that)."""

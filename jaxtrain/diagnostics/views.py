@@ -69,7 +69,7 @@ def write_batch(exp, state, stats: dict, workdir: pathlib.Path, draw: Callable =
           if np.issubdtype(np.asarray(value).dtype, np.number)}
 
 
-def write_examples(exp, predicted: dict, workdir: pathlib.Path, draw: Callable = figure_process.now) -> None:
+def write_examples(exp, predicted: dict, workdir: pathlib.Path, draw: Callable) -> None:
   """Writes plots/examples.png (by `draw`): the eval examples with the highest loss (`predicted` from
   predictions.split_predictions)."""
   worst = predictions.worst(predicted['loss'], SHOWN // 2)
